@@ -1,0 +1,63 @@
+"""The estimator contract: hyperparameter gradients from a read-only view of training.
+
+An estimator sees the real weights, buffers and hyperparameters through `HyperStepInputs`
+and returns gradients with the structure of the hyperparameters. It must not change the real
+weights, the buffers (BatchNorm running statistics included) or the optimiser state: it works
+on functional copies (`functional.leaf_copy`, `functional.scratch_buffers`). It may keep state
+of its own across calls (online methods need it).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from harness.params import Param
+from workloads.base import BilevelProblem, TensorDict
+
+
+@dataclass
+class HyperStepInputs:
+    problem: BilevelProblem
+    train_batches: Sequence[Any]   # the first is the batch the real step will use next
+    val_batch: Any
+    lr: float                      # the inner optimiser's current learning rate (eta)
+    step: int                      # index of the real inner step about to be taken
+
+    @property
+    def weights(self) -> TensorDict:
+        return self.problem.weights
+
+    @property
+    def buffers(self) -> TensorDict:
+        return self.problem.buffers
+
+    @property
+    def hparams(self) -> TensorDict:
+        return self.problem.hparams
+
+
+class Estimator(ABC):
+    name: ClassVar[str]
+    doc: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+
+    def __init__(self, params: Mapping[str, Any], seed: int = 0):
+        self.p = dict(params)
+        self.seed = seed
+
+    @property
+    def n_train_batches(self) -> int:
+        """How many training batches one hyper-step consumes (the first is the real one)."""
+        return 1
+
+    @abstractmethod
+    def hypergradient(self, inputs: HyperStepInputs) -> TensorDict | None:
+        """Gradients keyed like `inputs.hparams`, or None for "no hyper-update"."""
+
+
+def generator_for(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)

@@ -1,0 +1,117 @@
+"""`hgbench` / `python -m harness`: run suites, list components."""
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from harness.errors import ConfigError
+
+
+def _default_out() -> Path:
+    return Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _point_latest(out_dir: Path) -> None:
+    """reports/latest -> the newest run (a relative symlink, so the folder can move)."""
+    latest = out_dir.parent / "latest"
+    if latest.is_symlink() or not latest.exists():
+        latest.unlink(missing_ok=True)
+        latest.symlink_to(out_dir.name, target_is_directory=True)
+
+
+def _prepare_out(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--out {out_dir}: cannot write there ({e.strerror}); choose another folder") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from harness.results import summary_frame, to_frame, write_html
+    from harness.runner import resolve_device, run_cells
+    from harness.suite import find_suite, load_suite
+
+    suite = load_suite(find_suite(args.suite), args.set or [])
+    resolve_device(suite.settings["device"])
+    out_dir = Path(args.out) if args.out else _default_out()
+    _prepare_out(out_dir)
+    (out_dir / "suite.yaml").write_text(Path(suite.source).read_text())
+    print(f"hgbench: suite {suite.name!r}: {len(suite.cells)} cells -> {out_dir}", file=sys.stderr)
+
+    bar = tqdm(total=len(suite.cells), unit="cell", file=sys.stderr, disable=args.quiet)
+    def progress(row):
+        bar.set_postfix_str(f"{row['workload']}/{row['estimator']}: {row['status']}")
+        bar.update()
+    rows = run_cells(suite.cells, out_dir, on_row=progress)
+    bar.close()
+
+    df = to_frame(rows)
+    write_html(df, out_dir, f"hgbench: {suite.name}")
+    if not args.out:
+        _point_latest(out_dir)
+    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 20,
+                                             "display.max_colwidth", 40):
+        print(summary_frame(df).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"\nresults: {out_dir / 'results.csv'}  table: {out_dir / 'results.html'}")
+    failed = int((df["status"] != "ok").sum())
+    if failed:
+        print(f"hgbench: {failed} of {len(df)} cells did not finish ok (see the error column)",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from estimators import ESTIMATORS
+    from harness.suite import SETTINGS, builtin_suites
+    from workloads import BACKBONES, WORKLOADS
+
+    def params(specs) -> None:
+        for p in specs:
+            print(f"      {p.describe()}")
+    print("workloads:")
+    for name, w in WORKLOADS:
+        print(f"  {name}: {w.doc}\n    backbones: {', '.join(w.backbones)}\n    params:")
+        params(w.params)
+    print(f"backbones: {', '.join(BACKBONES.names())}")
+    print("estimators:")
+    for name, cls in ESTIMATORS:
+        print(f"  {name}: {cls.doc}" + ("\n    params:" if cls.params else ""))
+        params(cls.params)
+    print("suite settings:")
+    params(SETTINGS.values())
+    print(f"built-in suites: {', '.join(builtin_suites())}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="hgbench", description="Benchmark hypergradient estimators.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a suite (a YAML path or a built-in name such as default)")
+    run.add_argument("suite")
+    run.add_argument("--out", help="output folder (default: reports/<timestamp>, linked as reports/latest)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a suite value, e.g. train_steps=50 or workloads.0.params.width=8")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+    lst = sub.add_parser("list", help="print workloads, backbones and estimators with their parameters")
+    lst.set_defaults(func=cmd_list)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"hgbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hgbench: interrupted; results.csv holds every finished cell", file=sys.stderr)
+        return 130

@@ -1,0 +1,87 @@
+"""The one meta-training loop every estimator shares.
+
+Every `hyper_every` inner steps: a hyper-step (estimator, then hyper-optimiser) on the batch
+the real step is about to use (plus the following batches, peeked, for multi-step
+estimators), then the real inner step. Estimators differ only in `hypergradient`, and all of
+them see the same sequence of real training batches.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor
+
+from estimators.base import Estimator, HyperStepInputs
+from harness.errors import Diverged
+from workloads.base import BilevelProblem
+
+
+class PeekableStream:
+    def __init__(self, stream: Iterator[Any]):
+        self._stream = stream
+        self._ahead: deque[Any] = deque()
+
+    def peek(self, n: int) -> list[Any]:
+        while len(self._ahead) < n:
+            self._ahead.append(next(self._stream))
+        return list(self._ahead)[:n]
+
+    def __next__(self) -> Any:
+        return self._ahead.popleft() if self._ahead else next(self._stream)
+
+
+class MetaTrainer:
+    def __init__(self, problem: BilevelProblem, estimator: Estimator, total_steps: int,
+                 hyper_every: int = 1):
+        self.problem, self.estimator, self.hyper_every = problem, estimator, hyper_every
+        self.inner_opt, self.scheduler = problem.inner.build(list(problem.weights.values()), total_steps)
+        self.hyper_opt = problem.hyper.build(list(problem.hparams.values()))
+        self.train_stream = PeekableStream(problem.train_stream)
+        self.step = 0
+        self.last_loss: Tensor | None = None
+
+    @property
+    def lr(self) -> float:
+        return self.inner_opt.param_groups[0]["lr"]
+
+    def hyper_step(self) -> None:
+        batches = self.train_stream.peek(self.estimator.n_train_batches)
+        inputs = HyperStepInputs(self.problem, batches, next(self.problem.val_stream), self.lr, self.step)
+        hypergrad = self.estimator.hypergradient(inputs)
+        if hypergrad is None:
+            return
+        for name, p in self.problem.hparams.items():
+            p.grad = hypergrad[name]
+        self.hyper_opt.step()
+
+    def inner_step(self) -> Tensor:
+        batch = next(self.train_stream)
+        weights = self.problem.weights
+        frozen = {k: v.detach() for k, v in self.problem.hparams.items()}
+        loss = self.problem.train_loss(weights, self.problem.buffers, frozen, batch)
+        for p, g in zip(weights.values(), torch.autograd.grad(loss, list(weights.values()))):
+            p.grad = g
+        self.inner_opt.step()
+        self.scheduler.step()
+        self.step += 1
+        self.last_loss = loss.detach()
+        return self.last_loss
+
+    def iteration(self, hyper: bool | None = None) -> None:
+        """One meta-iteration; `hyper` forces or skips the hyper-step (default: the schedule)."""
+        if hyper if hyper is not None else self.step % self.hyper_every == 0:
+            self.hyper_step()
+        self.inner_step()
+
+    def train(self, steps: int) -> None:
+        for _ in range(steps):
+            self.iteration()
+        self.check_finite()
+
+    def check_finite(self) -> None:
+        tensors = {"training loss": self.last_loss, **{f"hyperparameter {k}": v for k, v in self.problem.hparams.items()}}
+        for what, t in tensors.items():
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise Diverged(f"{what} is not finite after {self.step} steps")

@@ -1,0 +1,66 @@
+"""Declared, typed parameters for estimators and workloads.
+
+Each component declares its parameters once (name, type, default, allowed values, range);
+the same declaration validates suites, fills defaults and feeds `hgbench list`, so the
+documentation cannot drift from what the code accepts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+from harness.errors import ConfigError
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: type
+    default: Any
+    doc: str = ""
+    choices: Sequence[Any] | None = None
+    check: Callable[[Any], bool] | None = None
+    check_doc: str = ""  # the condition `check` enforces, for messages ("> 0")
+
+    def coerce(self, value: Any, where: str) -> Any:
+        """Return `value` as this parameter's type, or raise ConfigError naming `where`."""
+        if self.type is bool:
+            ok = isinstance(value, bool)
+        elif self.type is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif self.type is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        else:
+            ok = isinstance(value, self.type)
+        if not ok:
+            raise ConfigError(
+                f"{where}: expected {_TYPE_NAMES.get(self.type, self.type.__name__)}, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, self.choices))}")
+        if self.check is not None and not self.check(value):
+            raise ConfigError(f"{where}: {value!r} must be {self.check_doc}")
+        return value
+
+    def describe(self) -> str:
+        allowed = f" [{'|'.join(map(str, self.choices))}]" if self.choices else ""
+        cond = f" ({self.check_doc})" if self.check_doc else ""
+        return f"{self.name}={self.default!r}{allowed}{cond}  {self.doc}".rstrip()
+
+
+def positive(name: str, type_: type, default: Any, doc: str = "") -> Param:
+    return Param(name, type_, default, doc, check=lambda v: v > 0, check_doc="> 0")
+
+
+def resolve(specs: Sequence[Param], given: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+    """Defaults overlaid with `given`, each value checked; unknown names are errors."""
+    given = dict(given or {})
+    by_name = {p.name: p for p in specs}
+    unknown = sorted(set(given) - set(by_name))
+    if unknown:
+        known = ", ".join(by_name) or "none"
+        raise ConfigError(f"{where}.{unknown[0]}: unknown parameter (known: {known})")
+    return {p.name: p.coerce(given[p.name], f"{where}.{p.name}") if p.name in given else p.default
+            for p in specs}

@@ -1,0 +1,12 @@
+"""Workloads: registered bilevel problems. Import a module here to register its workload."""
+from harness.registry import Registry
+from workloads.backbones import BACKBONES
+from workloads.base import BilevelProblem, Workload
+from workloads.mwn import MetaWeightNet
+from workloads.toy1d import Toy1D
+
+WORKLOADS: Registry[Workload] = Registry("workload")
+for _w in (Toy1D(), MetaWeightNet()):
+    WORKLOADS.register(_w.name)(_w)
+
+__all__ = ["WORKLOADS", "BACKBONES", "BilevelProblem", "Workload"]

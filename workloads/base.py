@@ -1,0 +1,109 @@
+"""The workload contract: a bilevel problem that every estimator can differentiate through.
+
+Weights, buffers and hyperparameters travel as name -> tensor dicts so that estimators can
+build functional copies (`torch.func.functional_call`) and never touch the real model.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from harness.params import Param
+
+TensorDict = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class InnerOptim:
+    """The real inner optimiser: SGD with momentum, Nesterov, weight decay and step decay.
+
+    Lookaheads inside estimators use plain SGD with the *current* learning rate (as the
+    original Meta-Weight-Net and LFT code do); only the real step uses the rest.
+    """
+    lr: float
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    milestones: tuple[float, ...] = ()  # fractions of the run at which lr is multiplied by decay
+    decay: float = 0.1
+
+    def build(self, params: Sequence[Tensor], total_steps: int):
+        opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
+                              nesterov=self.nesterov, weight_decay=self.weight_decay)
+        steps = sorted({max(1, int(round(m * total_steps))) for m in self.milestones})
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=steps, gamma=self.decay)
+        return opt, sched
+
+
+_HYPER_OPTIMISERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+
+
+@dataclass(frozen=True)
+class HyperOptim:
+    name: str
+    lr: float
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def build(self, params: Sequence[Tensor]) -> torch.optim.Optimizer:
+        return _HYPER_OPTIMISERS[self.name](params, lr=self.lr, **self.kwargs)
+
+
+HYPER_OPTIMISER_NAMES = tuple(_HYPER_OPTIMISERS)
+
+
+class BilevelProblem(ABC):
+    """One built instance of a workload: model, hyperparameters, losses, data, optimisers.
+
+    `train_loss` and `val_loss` are pure in their tensor arguments (they may update the
+    `buffers` they are given, e.g. BatchNorm statistics, which is why estimators pass
+    clones). The real model's parameters are the real weights.
+    """
+
+    model: nn.Module
+    hparams: TensorDict          # leaf tensors with requires_grad=True
+    inner: InnerOptim
+    hyper: HyperOptim
+    train_stream: Iterator[Any]
+    val_stream: Iterator[Any]
+
+    @property
+    def weights(self) -> TensorDict:
+        return dict(self.model.named_parameters())
+
+    @property
+    def buffers(self) -> TensorDict:
+        return dict(self.model.named_buffers())
+
+    @abstractmethod
+    def train_loss(self, weights: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                   hparams: Mapping[str, Tensor], batch: Any) -> Tensor: ...
+
+    @abstractmethod
+    def val_loss(self, weights: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                 hparams: Mapping[str, Tensor], batch: Any) -> Tensor: ...
+
+    @abstractmethod
+    def evaluate(self) -> dict[str, float]:
+        """Metrics of the real model now: `test_accuracy`, `final_val_loss`, and extras."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the results row (parameter counts, ...)."""
+        n = lambda d: sum(t.numel() for t in d.values())
+        return {"n_params": n(self.weights), "n_hparams": n(self.hparams)}
+
+
+class Workload(ABC):
+    """A registered recipe that builds a BilevelProblem from validated parameters."""
+
+    name: str
+    params: tuple[Param, ...] = ()
+    backbones: tuple[str, ...] = ("none",)  # the first is the default
+    doc: str = ""
+
+    @abstractmethod
+    def build(self, params: Mapping[str, Any], backbone: str, seed: int,
+              device: torch.device) -> BilevelProblem: ...

@@ -1,0 +1,134 @@
+"""Meta-Weight-Net label-noise learning (Shu et al., NeurIPS 2019) on real digits.
+
+A weighting net maps each training sample's (detached) loss to a weight; the weights are
+normalised by their sum; the weighting net's parameters are the hyperparameters and are
+learned so that a small clean meta set is fitted well. The validation loss does not use the
+hyperparameters, so its direct gradient is zero.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from harness.params import Param, positive
+from workloads.backbones import BACKBONES, STEMS
+from workloads.base import HYPER_OPTIMISER_NAMES, BilevelProblem, HyperOptim, InnerOptim, Workload
+from workloads.data import NOISE_KINDS, BatchStream, Split, corrupt_labels, load_digits_images, stratified_split
+
+NUM_CLASSES = 10
+
+
+class WeightingNet(nn.Module):
+    """MW-Net's Linear(1,100)-ReLU-Linear(100,1)-sigmoid on the per-sample loss."""
+
+    def __init__(self, hidden: int = 100):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 1), nn.Sigmoid())
+
+    def forward(self, losses: Tensor) -> Tensor:
+        return self.net(losses.unsqueeze(1)).squeeze(1)
+
+
+@lru_cache(maxsize=4)
+def _digits(size: int) -> tuple[Tensor, Tensor]:
+    return load_digits_images(size=size, channels=3)
+
+
+def make_splits(p: Mapping[str, Any], seed: int) -> dict[str, Split]:
+    """Noisy training set, small clean meta (validation) set, clean test set; seeded."""
+    x, y = _digits(p["image_size"])
+    rng = np.random.default_rng(seed)
+    meta_idx, test_idx, train_idx = stratified_split(y, [p["meta_per_class"], p["test_per_class"]], rng)
+    noisy = corrupt_labels(y[train_idx], p["noise"], p["noise_rate"], NUM_CLASSES, rng)
+    return {"train": Split(x[train_idx], noisy), "train_clean_labels": Split(x[train_idx], y[train_idx]),
+            "meta": Split(x[meta_idx], y[meta_idx]), "test": Split(x[test_idx], y[test_idx])}
+
+
+class MWNProblem(BilevelProblem):
+    def __init__(self, p: Mapping[str, Any], backbone: str, seed: int, device: torch.device):
+        splits = {k: v.to(device) for k, v in make_splits(p, seed).items()}
+        self.train_split, self.meta_split, self.test_split = splits["train"], splits["meta"], splits["test"]
+        self.noisy_fraction = float((splits["train"].y != splits["train_clean_labels"].y).float().mean())
+        self.model = BACKBONES.get(backbone)(num_classes=NUM_CLASSES, width=p["width"],
+                                             stem=p["stem"]).to(device)
+        self.vnet = WeightingNet().to(device)
+        self.hparams = dict(self.vnet.named_parameters())
+        # MW-Net's schedule (x0.1 at epochs 40 and 50 of 60) as fractions of the run.
+        self.inner = InnerOptim(lr=p["lr"], momentum=p["momentum"], nesterov=p["momentum"] > 0,
+                                weight_decay=p["weight_decay"], milestones=(2 / 3, 5 / 6))
+        self.hyper = HyperOptim(p["hyper_optimizer"], p["hyper_lr"])
+        self.train_stream = BatchStream(self.train_split, p["batch_size"], seed=seed * 7919 + 1)
+        self.val_stream = BatchStream(self.meta_split, p["val_batch_size"] or p["batch_size"],
+                                      seed=seed * 7919 + 2)
+
+    def logits(self, weights, buffers, x: Tensor) -> Tensor:
+        return functional_call(self.model, (dict(weights), dict(buffers)), (x,))
+
+    def sample_weights(self, hparams, losses: Tensor) -> Tensor:
+        w = functional_call(self.vnet, dict(hparams), (losses.detach(),))
+        return w / w.sum()
+
+    def train_loss(self, weights, buffers, hparams, batch) -> Tensor:
+        x, y = batch
+        losses = F.cross_entropy(self.logits(weights, buffers, x), y, reduction="none")
+        return (self.sample_weights(hparams, losses) * losses).sum()
+
+    def val_loss(self, weights, buffers, hparams, batch) -> Tensor:
+        x, y = batch
+        return F.cross_entropy(self.logits(weights, buffers, x), y)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            def scores(split: Split) -> tuple[float, float]:
+                loss, correct = 0.0, 0
+                for i in range(0, len(split), 512):
+                    x, y = split.x[i:i + 512], split.y[i:i + 512]
+                    out = self.logits(self.weights, self.buffers, x)
+                    loss += float(F.cross_entropy(out, y, reduction="sum"))
+                    correct += int((out.argmax(1) == y).sum())
+                return loss / len(split), correct / len(split)
+
+            val_loss, val_acc = scores(self.meta_split)
+            _, test_acc = scores(self.test_split)
+        finally:
+            self.model.train(was_training)
+        return {"final_val_loss": val_loss, "test_accuracy": test_acc, "val_accuracy": val_acc,
+                "noisy_fraction": self.noisy_fraction}
+
+
+class MetaWeightNet(Workload):
+    name = "mwn"
+    doc = "Meta-Weight-Net label-noise learning on scikit-learn's digits (32x32, 3 channels)"
+    backbones = ("resnet10", "resnet18", "resnet34")
+    params = (
+        positive("width", int, 16, "channels of the first ResNet stage (64 = standard)"),
+        positive("batch_size", int, 32, "training batch size"),
+        Param("val_batch_size", int, 0, "meta (validation) batch size; 0 = batch_size",
+              check=lambda v: v >= 0, check_doc=">= 0"),
+        Param("noise", str, "unif", "label noise kind", choices=NOISE_KINDS),
+        Param("noise_rate", float, 0.4, "fraction of corrupted training labels",
+              check=lambda v: 0 <= v < 1, check_doc="in [0, 1)"),
+        positive("lr", float, 0.1, "inner SGD learning rate (x0.1 at 2/3 and 5/6 of training)"),
+        Param("momentum", float, 0.9, "inner SGD momentum (Nesterov when > 0)",
+              check=lambda v: 0 <= v < 1, check_doc="in [0, 1)"),
+        Param("weight_decay", float, 5e-4, "inner weight decay", check=lambda v: v >= 0, check_doc=">= 0"),
+        positive("hyper_lr", float, 1e-3, "weighting-net learning rate"),
+        Param("hyper_optimizer", str, "adam", "weighting-net optimiser", choices=HYPER_OPTIMISER_NAMES),
+        positive("meta_per_class", int, 10, "clean meta (validation) samples per class"),
+        positive("test_per_class", int, 40, "clean test samples per class"),
+        Param("stem", str, "cifar", "ResNet stem", choices=STEMS),
+        Param("image_size", int, 32, "digits are upsampled to this size",
+              check=lambda v: v >= 8, check_doc=">= 8"),
+    )
+
+    def build(self, params, backbone, seed, device) -> BilevelProblem:
+        return MWNProblem(params, backbone, seed, device)
