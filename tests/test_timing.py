@@ -1,0 +1,27 @@
+"""Timing summaries (no wall-time assertions: timing belongs to benchmarks)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.timing import Measurement, measure, time_call
+
+
+def test_measurement_summaries():
+    m = Measurement((4.0, 1.0, 3.0, 2.0, 5.0))
+    assert m.median == 3.0 and m.min == 1.0 and m.iqr == 2.0
+    assert Measurement((2.0,)).iqr == 0.0
+
+
+def test_measure_runs_warmup_untimed_then_times_each_repeat():
+    calls = []
+    m = measure(lambda: calls.append(1), torch.device("cpu"), warmup=3, repeats=4)
+    assert len(calls) == 7 and len(m.times_s) == 4 and all(t >= 0 for t in m.times_s)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_timing_waits_for_queued_kernels():
+    dev = torch.device("cuda")
+    a = torch.randn(4096, 4096, device=dev)
+    t = time_call(lambda: [a @ a for _ in range(10)], dev)
+    assert t > 0
