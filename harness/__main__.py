@@ -1,3 +1,4 @@
 from harness.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # spawned cell processes re-import this module: do not run there
+    raise SystemExit(main())

@@ -34,22 +34,34 @@ def _prepare_out(out_dir: Path) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from harness.results import summary_frame, to_frame, write_html
+    from harness.plugins import load_plugins
+    from harness.results import read_results, row_key, summary_frame, to_frame, write_html
     from harness.runner import resolve_device, run_cells
     from harness.suite import find_suite, load_suite
 
+    load_plugins()
     suite = load_suite(find_suite(args.suite), args.set or [])
     resolve_device(suite.settings["device"])
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out DIR: the folder of the run to continue")
     out_dir = Path(args.out) if args.out else _default_out()
     _prepare_out(out_dir)
+    existing = read_results(out_dir)
+    if existing is not None and not args.resume:
+        raise ConfigError(f"--out {out_dir}: already holds results.csv; add --resume to continue "
+                          "that run or choose another folder")
+    done = [] if existing is None else existing.to_dict("records")
+    finished = {row_key(r) for r in done}
+    todo = [c for c in suite.cells if c.key() not in finished]
     (out_dir / "suite.yaml").write_text(Path(suite.source).read_text())
-    print(f"hgbench: suite {suite.name!r}: {len(suite.cells)} cells -> {out_dir}", file=sys.stderr)
+    print(f"hgbench: suite {suite.name!r}: {len(todo)} of {len(suite.cells)} cells to run -> {out_dir}",
+          file=sys.stderr)
 
-    bar = tqdm(total=len(suite.cells), unit="cell", file=sys.stderr, disable=args.quiet)
+    bar = tqdm(total=len(todo), unit="cell", file=sys.stderr, disable=args.quiet)
     def progress(row):
         bar.set_postfix_str(f"{row['workload']}/{row['estimator']}: {row['status']}")
         bar.update()
-    rows = run_cells(suite.cells, out_dir, on_row=progress)
+    rows = run_cells(todo, out_dir, done=done, isolate=not args.in_process, on_row=progress)
     bar.close()
 
     df = to_frame(rows)
@@ -69,7 +81,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from estimators import ESTIMATORS
+    from harness.plugins import load_plugins
     from harness.suite import SETTINGS, builtin_suites
+
+    load_plugins()
     from workloads import BACKBONES, WORKLOADS
 
     def params(specs) -> None:
@@ -98,6 +113,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output folder (default: reports/<timestamp>, linked as reports/latest)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a suite value, e.g. train_steps=50 or workloads.0.params.width=8")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out: skip the cells it already has a row for")
+    run.add_argument("--in-process", action="store_true",
+                     help="debugging: run cells in this process (no isolation, no time limit)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
     lst = sub.add_parser("list", help="print workloads, backbones and estimators with their parameters")

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from estimators.base import Estimator, HyperStepInputs
+from estimators.functional import leaf_copy, scratch_buffers
 from harness.errors import Diverged
 from workloads.base import BilevelProblem
 
@@ -41,6 +42,7 @@ class MetaTrainer:
         self.train_stream = PeekableStream(problem.train_stream)
         self.step = 0
         self.last_loss: Tensor | None = None
+        self._bad_hypergrad: Tensor | None = None  # a device flag: no host sync per step
 
     @property
     def lr(self) -> float:
@@ -54,6 +56,8 @@ class MetaTrainer:
             return
         for name, p in self.problem.hparams.items():
             p.grad = hypergrad[name]
+            bad = ~torch.isfinite(p.grad).all()
+            self._bad_hypergrad = bad if self._bad_hypergrad is None else self._bad_hypergrad | bad
         self.hyper_opt.step()
 
     def inner_step(self) -> Tensor:
@@ -69,9 +73,19 @@ class MetaTrainer:
         self.last_loss = loss.detach()
         return self.last_loss
 
+    def plain_step(self) -> None:
+        """Forward and backward of the next real batch w.r.t. the weights, changing nothing:
+        the unit in which a hyper-step's cost is expressed ("x plain step")."""
+        batch = self.train_stream.peek(1)[0]
+        weights = leaf_copy(self.problem.weights)
+        frozen = {k: v.detach() for k, v in self.problem.hparams.items()}
+        loss = self.problem.train_loss(weights, scratch_buffers(self.problem.buffers), frozen, batch)
+        torch.autograd.grad(loss, list(weights.values()))
+
     def iteration(self, hyper: bool | None = None) -> None:
         """One meta-iteration; `hyper` forces or skips the hyper-step (default: the schedule)."""
-        if hyper if hyper is not None else self.step % self.hyper_every == 0:
+        due = self.step % self.hyper_every == 0 if hyper is None else hyper
+        if due:
             self.hyper_step()
         self.inner_step()
 
@@ -81,6 +95,8 @@ class MetaTrainer:
         self.check_finite()
 
     def check_finite(self) -> None:
+        if self._bad_hypergrad is not None and bool(self._bad_hypergrad):
+            raise Diverged(f"a hypergradient was not finite within {self.step} steps")
         tensors = {"training loss": self.last_loss, **{f"hyperparameter {k}": v for k, v in self.problem.hparams.items()}}
         for what, t in tensors.items():
             if t is not None and not bool(torch.isfinite(t).all()):

@@ -1,9 +1,13 @@
-"""Where a result came from: versions and the code revision."""
+"""Where a result came from: code revision, versions, machine and numerics settings."""
 from __future__ import annotations
 
 import functools
+import platform
+import socket
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -13,18 +17,46 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @functools.lru_cache(maxsize=1)
-def git_sha() -> str:
-    """The commit of this checkout, with `+dirty` when tracked files differ from it."""
+def git_state() -> tuple[str, bool | None]:
+    """(commit, dirty) of this checkout; ("unknown", None) outside a git checkout."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
     try:
-        sha = git("rev-parse", "HEAD")
-        return sha + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return "unknown", None
 
 
-def provenance() -> dict[str, str]:
-    return {"hgbench_version": harness.__version__, "torch_version": torch.__version__,
-            "git_sha": git_sha()}
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_provenance() -> dict[str, Any]:
+    """Facts that hold for the whole run (taken once, in the parent)."""
+    sha, dirty = git_state()
+    return {"hgbench_version": harness.__version__, "git_sha": sha, "git_dirty": dirty,
+            "torch_version": torch.__version__, "cuda_version": torch.version.cuda or "",
+            "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            "cpu_model": cpu_model(), "hostname": socket.gethostname()}
+
+
+def process_provenance(device: torch.device) -> dict[str, Any]:
+    """Facts of the process that ran the cell: device, threads, numerics flags."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return {"device_type": device.type, "device_name": name, "num_threads": torch.get_num_threads(),
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "deterministic": torch.are_deterministic_algorithms_enabled()}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

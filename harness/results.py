@@ -1,38 +1,52 @@
-"""The results table: one row per cell, written atomically after every cell."""
+"""The results store: one row per cell in results.csv and results.parquet, both rewritten
+atomically (temporary file, then rename) after every cell."""
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import pandas as pd
 
+from harness.errors import ConfigError
+
+IDENTITY = ["suite", "workload", "backbone", "estimator", "params", "seed", "device"]
 # The documented columns, in order; README.md describes each one.
-COLUMNS = [
-    "suite", "workload", "backbone", "estimator", "params", "seed", "device", "status", "error",
-    "step_time_s", "step_time_iqr_s", "step_time_min_s", "test_accuracy", "final_val_loss",
-    "metrics", "n_params", "n_hparams", "train_steps", "hyper_every", "wall_s",
-    "hgbench_version", "torch_version", "git_sha",
+COLUMNS = IDENTITY + [
+    "status", "error",
+    "step_time_s", "step_time_iqr_s", "step_time_min_s", "hyper_time_s", "hyper_time_iqr_s",
+    "inner_time_s", "plain_time_s", "time_x_plain",
+    "peak_rss_delta_bytes", "peak_alloc_bytes", "peak_reserved_bytes", "nvml_peak_bytes",
+    "plain_peak_bytes", "mem_x_plain", "graph_bytes", "plain_graph_bytes", "graph_x_plain",
+    "memory_note",
+    "hyper_flops", "plain_flops", "flops_x_plain",
+    "test_accuracy", "final_val_loss", "metrics", "n_params", "n_hparams",
+    "warmup_steps", "timed_steps", "train_steps", "hyper_every", "timeout_s", "memory_budget_bytes",
+    "hgbench_version", "git_sha", "git_dirty", "torch_version", "cuda_version", "cudnn_version",
+    "device_type", "device_name", "cpu_model", "num_threads", "tf32_matmul", "tf32_cudnn",
+    "cudnn_benchmark", "deterministic", "hostname", "start_time", "wall_s",
 ]
 STATUSES = ("ok", "oom", "timeout", "error", "diverged")
+RESULT_FILES = ("results.csv", "results.parquet")
 
 
 def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(list(rows))
     for col in COLUMNS:
         if col not in df:
-            df[col] = pd.NA
+            df[col] = None
     return df[COLUMNS]
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -41,23 +55,55 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def write_results(rows: Iterable[Mapping[str, Any]], out_dir: Path) -> pd.DataFrame:
     df = to_frame(rows)
-    _atomic_write(out_dir / "results.csv", df.to_csv(index=False))
+    _atomic(out_dir / "results.csv", lambda p: df.to_csv(p, index=False))
+    # Parquet needs one type per column: mixed object columns are stored as text.
+    typed = df.copy()
+    for col in typed.columns[typed.dtypes == object]:
+        values = typed[col].dropna()
+        if len({type(v) for v in values}) > 1:
+            typed[col] = typed[col].map(lambda v: None if v is None else str(v))
+    _atomic(out_dir / "results.parquet", lambda p: typed.to_parquet(p, index=False))
     return df
 
 
+def read_results(out_dir: Path) -> pd.DataFrame | None:
+    """The rows already in `out_dir`, or None if it holds none. A file that is not an intact
+    hgbench results table is refused, never overwritten."""
+    path = out_dir / "results.csv"
+    if not path.exists():
+        return None
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a readable results table ({str(e).splitlines()[0]}); "
+                          "move it away or choose another --out") from None
+    missing = [c for c in IDENTITY + ["status"] if c not in df.columns]
+    if missing:
+        raise ConfigError(f"{path}: not an hgbench results file (no column {missing[0]!r}); "
+                          "move it away or choose another --out")
+    if df[IDENTITY[1:] + ["status"]].isna().any().any() or not df["status"].isin(STATUSES).all():
+        raise ConfigError(f"{path}: damaged (a row lacks its cell or status; truncated?); "
+                          "move it away or choose another --out")
+    return df
+
+
+def row_key(row: Mapping[str, Any]) -> tuple:
+    """The same tuple as `Cell.key()`, from a results row."""
+    return (row["workload"], row["backbone"], row["estimator"], row["params"], int(row["seed"]))
+
+
 SUMMARY_COLUMNS = ["workload", "backbone", "estimator", "params", "seed", "status",
-                   "step_time_s", "test_accuracy", "final_val_loss"]
+                   "step_time_s", "time_x_plain", "mem_x_plain", "flops_x_plain",
+                   "test_accuracy", "final_val_loss"]
 
 
 def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
     """The table people look at: estimator parameters only, times in ms."""
-    import json
-
     out = df[SUMMARY_COLUMNS].copy()
-    out["params"] = [json.loads(p)["estimator"] if isinstance(p, str) else p for p in out["params"]]
-    out["params"] = [", ".join(f"{k}={v}" for k, v in p.items()) if isinstance(p, dict) else ""
-                     for p in out["params"]]
-    out["step_time_ms"] = df["step_time_s"].astype(float) * 1000
+    params = [json.loads(p)["estimator"] if isinstance(p, str) else {} for p in out["params"]]
+    out["params"] = [", ".join(f"{k}={v}" for k, v in p.items()) for p in params]
+    out.insert(out.columns.get_loc("step_time_s"), "step_ms",
+               pd.to_numeric(df["step_time_s"], errors="coerce") * 1000)
     return out.drop(columns=["step_time_s"])
 
 
@@ -79,9 +125,11 @@ def write_html(df: pd.DataFrame, out_dir: Path, title: str) -> Path:
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}tr:not(.ok){{background:#fee}}</style>
 </head><body><h1>{html.escape(title)}</h1>
-<p>One row per cell. step_time_ms: median wall time of one meta-iteration (hyper-step and
-inner step). test_accuracy: after meta-training. Full columns in results.csv.</p>
+<p>One row per cell. step_ms: median wall time of one meta-iteration (hyper-step and inner
+step). time/mem/flops_x_plain: the hyper-step's time, peak memory and FLOPs over those of a
+plain forward and backward of the same batch. test_accuracy: after meta-training. All
+columns in results.csv.</p>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></body></html>"""
     path = out_dir / "results.html"
-    _atomic_write(path, page)
+    _atomic(path, lambda p: p.write_text(page))
     return path

@@ -12,11 +12,12 @@ import torch
 
 from estimators import make_estimator
 from harness.errors import ConfigError, Diverged
+from harness.isolation import run_isolated
+from harness.measure import flops_pass, hyper_peak_bytes, memory_pass, time_pass
 from harness.metaloop import MetaTrainer
-from harness.provenance import provenance
+from harness.provenance import now_iso, process_provenance, run_provenance
 from harness.results import write_results
 from harness.suite import Cell
-from harness.timing import measure
 from workloads import WORKLOADS
 
 
@@ -37,14 +38,36 @@ def _trainer(cell: Cell, device: torch.device, total_steps: int, hyper_every: in
     return MetaTrainer(problem, estimator, total_steps, hyper_every)
 
 
+def _enforce_cuda_budget(cell: Cell, device: torch.device) -> None:
+    """On CUDA the caching allocator refuses to go past the budget: out-of-memory is real."""
+    if device.type == "cuda" and cell.memory_budget_bytes:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cell.memory_budget_bytes / total), device)
+
+
 def run_cell(cell: Cell) -> dict[str, Any]:
-    """Time meta-iterations on one copy of the problem, then meta-train and evaluate a fresh
-    copy, so timing never changes the trained model and results repeat for a seed."""
+    """Measure a hyper-step on one copy of the problem (time, memory and FLOPs passes), then
+    meta-train and evaluate a fresh copy, so measuring never changes the trained model and
+    results repeat for a seed."""
     device = resolve_device(cell.device)
-    timing = _trainer(cell, device, cell.warmup_steps + cell.timed_steps, hyper_every=1)
-    m = measure(timing.iteration, device, cell.warmup_steps, cell.timed_steps)
-    timing.check_finite()
-    del timing
+    _enforce_cuda_budget(cell, device)
+    out: dict[str, Any] = process_provenance(device)
+
+    probe = _trainer(cell, device, cell.warmup_steps + cell.timed_steps + 8, hyper_every=1)
+    for _ in range(cell.warmup_steps):
+        probe.iteration(hyper=True)
+    out.update(time_pass(probe, device, cell.timed_steps))
+    out.update(memory_pass(probe, device))
+    out.update(flops_pass(probe))
+    probe.check_finite()
+    out.update(probe.problem.describe())
+    del probe
+
+    peak = hyper_peak_bytes(out)
+    if cell.memory_budget_bytes and peak is not None and peak > cell.memory_budget_bytes:
+        out.update(status="oom", error=f"hyper-step peak {peak} bytes is over "
+                                       f"memory_budget_bytes={cell.memory_budget_bytes}")
+        return out
 
     trainer = _trainer(cell, device, cell.train_steps, cell.hyper_every)
     trainer.train(cell.train_steps)
@@ -52,47 +75,53 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     if not math.isfinite(metrics["final_val_loss"]):
         raise Diverged(f"final validation loss is {metrics['final_val_loss']}")
     extra = {k: v for k, v in metrics.items() if k not in ("test_accuracy", "final_val_loss")}
-    return {"step_time_s": m.median, "step_time_iqr_s": m.iqr, "step_time_min_s": m.min,
-            "test_accuracy": metrics["test_accuracy"], "final_val_loss": metrics["final_val_loss"],
-            "metrics": json.dumps(extra, sort_keys=True), **trainer.problem.describe()}
+    out.update(test_accuracy=metrics["test_accuracy"], final_val_loss=metrics["final_val_loss"],
+               metrics=json.dumps(extra, sort_keys=True), status="ok", error="")
+    return out
 
 
 def _status(exc: BaseException) -> str:
     if isinstance(exc, Diverged):
         return "diverged"
-    if isinstance(exc, torch.OutOfMemoryError) or isinstance(exc, MemoryError):
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return "oom"
     return "error"
 
 
-def cell_row(cell: Cell) -> dict[str, Any]:
-    """Never raises for a failing cell: the failure becomes the row's status and message."""
+def execute_cell(cell: Cell) -> dict[str, Any]:
+    """run_cell with every failure turned into a status and a one-line message."""
+    try:
+        return run_cell(cell)
+    except Exception as exc:  # one failing cell must not stop the sweep
+        last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        where = f" ({Path(last.filename).name}:{last.lineno})" if last else ""
+        return {"status": _status(exc), "error": f"{type(exc).__name__}: {exc}{where}"}
+
+
+def cell_row(cell: Cell, isolate: bool = True, run_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One results row for a cell, run in its own process unless `isolate` is False."""
     row: dict[str, Any] = {
         "suite": cell.suite, "workload": cell.workload, "backbone": cell.backbone,
         "estimator": cell.estimator, "params": cell.params_json, "seed": cell.seed,
-        "device": cell.device, "train_steps": cell.train_steps, "hyper_every": cell.hyper_every,
-        **provenance()}
+        "device": cell.device, "warmup_steps": cell.warmup_steps, "timed_steps": cell.timed_steps,
+        "train_steps": cell.train_steps, "hyper_every": cell.hyper_every,
+        "timeout_s": cell.timeout_s, "memory_budget_bytes": cell.memory_budget_bytes or None,
+        **(run_info or run_provenance()), "start_time": now_iso()}
     start = time.perf_counter()
-    try:
-        row.update(run_cell(cell))
-        row["status"], row["error"] = "ok", ""
-    except ConfigError:
-        raise
-    except Exception as exc:  # one failing cell must not stop the sweep
-        row["status"] = _status(exc)
-        last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-        where = f" ({Path(last.filename).name}:{last.lineno})" if last else ""
-        row["error"] = f"{type(exc).__name__}: {exc}{where}"
+    row.update(run_isolated(execute_cell, cell, cell.timeout_s) if isolate else execute_cell(cell))
     row["wall_s"] = time.perf_counter() - start
     return row
 
 
-def run_cells(cells: Iterable[Cell], out_dir: Path,
+def run_cells(cells: Iterable[Cell], out_dir: Path, done: list[dict[str, Any]] | None = None,
+              isolate: bool = True,
               on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Run every cell, rewriting results.csv after each so a killed run keeps what finished."""
-    rows: list[dict[str, Any]] = []
+    """Run every cell after the rows in `done`, rewriting the results after each cell, so a
+    killed run keeps every finished cell."""
+    rows = list(done or [])
+    info = run_provenance()
     for cell in cells:
-        rows.append(cell_row(cell))
+        rows.append(cell_row(cell, isolate, info))
         write_results(rows, out_dir)
         if on_row:
             on_row(rows[-1])

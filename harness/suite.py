@@ -32,6 +32,10 @@ SETTINGS: dict[str, Param] = {p.name: p for p in (
           check=lambda v: v >= 0, check_doc=">= 0"),
     Param("hyper_every", int, 1, "a hyper-step every this many inner steps",
           check=lambda v: v >= 1, check_doc=">= 1"),
+    Param("timeout_s", float, 3600.0, "a cell still running after this many seconds is a `timeout` row",
+          check=lambda v: v > 0, check_doc="> 0"),
+    Param("memory_budget_bytes", int, 0, "a hyper-step peaking above this is an `oom` row (0: no budget)",
+          check=lambda v: v >= 0, check_doc=">= 0"),
 )}
 TOP_KEYS = {*SETTINGS, "seeds", "workloads", "estimators"}
 
@@ -50,6 +54,8 @@ class Cell:
     timed_steps: int
     train_steps: int
     hyper_every: int
+    timeout_s: float = 3600.0
+    memory_budget_bytes: int = 0
 
     @property
     def params_json(self) -> str:
@@ -160,7 +166,8 @@ def build_suite(raw: Any, source: str = "<suite>") -> Suite:
         Cell(suite=settings["name"], workload=w, backbone=b, workload_params=wp, estimator=est,
              estimator_params=ep, seed=s, device=settings["device"],
              warmup_steps=settings["warmup_steps"], timed_steps=settings["timed_steps"],
-             train_steps=settings["train_steps"], hyper_every=settings["hyper_every"])
+             train_steps=settings["train_steps"], hyper_every=settings["hyper_every"],
+             timeout_s=settings["timeout_s"], memory_budget_bytes=settings["memory_budget_bytes"])
         for s in seeds for (w, b, wp) in workload_variants for (est, ep) in estimator_variants)
     return Suite(source=source, settings=settings, cells=cells)
 

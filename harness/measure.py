@@ -1,0 +1,77 @@
+"""Cost of one hyper-step against a plain step of the same batch, in three separate passes.
+
+Time, memory and FLOPs are measured in separate passes so that no probe disturbs another
+(hooks slow steps down; timing must not include the probes' own work). Ratios ("x plain")
+come from the same process and the same batches, so they survive a noisy machine.
+"""
+from __future__ import annotations
+
+import gc
+import statistics
+from typing import Any
+
+import torch
+
+from harness.flops import count_flops
+from harness.memory import CudaPeak, NvmlPeak, PeakRSS, SavedTensorBytes
+from harness.metaloop import MetaTrainer
+from harness.timing import Measurement, time_call
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def time_pass(trainer: MetaTrainer, device: torch.device, repeats: int) -> dict[str, Any]:
+    """Interleaved: plain step, hyper-step, real inner step, `repeats` times."""
+    plain, hyper, inner = [], [], []
+    for _ in range(repeats):
+        plain.append(time_call(trainer.plain_step, device))
+        hyper.append(time_call(trainer.hyper_step, device))
+        inner.append(time_call(trainer.inner_step, device))
+    step = Measurement(tuple(h + i for h, i in zip(hyper, inner)))
+    h, i, p = Measurement(tuple(hyper)), Measurement(tuple(inner)), Measurement(tuple(plain))
+    return {"step_time_s": step.median, "step_time_iqr_s": step.iqr, "step_time_min_s": step.min,
+            "hyper_time_s": h.median, "hyper_time_iqr_s": h.iqr, "inner_time_s": i.median,
+            "plain_time_s": p.median,
+            "time_x_plain": statistics.median(a / b for a, b in zip(hyper, plain))}
+
+
+def _peak(fn, device: torch.device) -> dict[str, Any]:
+    """Peak memory of fn() above what was allocated before it, by the device's probe."""
+    gc.collect()
+    if device.type == "cuda":
+        before = torch.cuda.memory_allocated(device)
+        with CudaPeak(device) as cp, NvmlPeak(device) as nv:
+            fn()
+        return {"delta": cp.alloc_bytes - before, "peak_alloc_bytes": cp.alloc_bytes,
+                "peak_reserved_bytes": cp.reserved_bytes, "nvml_peak_bytes": nv.peak_bytes,
+                "note": nv.note}
+    with PeakRSS() as rss:
+        fn()
+    return {"delta": rss.delta_bytes, "peak_rss_delta_bytes": rss.delta_bytes, "note": rss.note}
+
+
+def memory_pass(trainer: MetaTrainer, device: torch.device) -> dict[str, Any]:
+    hyper = _peak(trainer.hyper_step, device)
+    plain = _peak(trainer.plain_step, device)
+    with SavedTensorBytes() as graph:
+        trainer.hyper_step()
+    with SavedTensorBytes() as plain_graph:
+        trainer.plain_step()
+    out = {k: v for k, v in hyper.items() if k not in ("delta", "note")}
+    out.update({"plain_peak_bytes": plain["delta"], "mem_x_plain": _ratio(hyper["delta"], plain["delta"]),
+                "graph_bytes": graph.peak_bytes, "plain_graph_bytes": plain_graph.peak_bytes,
+                "graph_x_plain": _ratio(graph.peak_bytes, plain_graph.peak_bytes),
+                "memory_note": hyper["note"] or ""})
+    return out
+
+
+def flops_pass(trainer: MetaTrainer) -> dict[str, Any]:
+    hyper, plain = count_flops(trainer.hyper_step), count_flops(trainer.plain_step)
+    return {"hyper_flops": hyper, "plain_flops": plain, "flops_x_plain": _ratio(hyper, plain)}
+
+
+def hyper_peak_bytes(row: dict[str, Any]) -> int | None:
+    """The figure a memory budget is checked against: the hyper-step's peak on its device."""
+    return row.get("peak_alloc_bytes") if row.get("device_type") == "cuda" else row.get("peak_rss_delta_bytes")

@@ -1,0 +1,180 @@
+"""Memory probes for one step: saved-for-backward bytes, peak RSS (CPU), CUDA and NVML peaks.
+
+Each probe is a context manager that fills in its result on exit, so probes compose and
+the measured code stays untouched.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# glibc keeps freed heap memory below its (dynamic) mmap threshold, so after a larger step
+# the resident set does not fall and a later, smaller step would read as 0 bytes. A fixed
+# threshold makes large blocks come from mmap and go back to the system when freed. It must
+# be in the environment before the process starts: the runner sets it for every cell.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+class _Packed:
+    """What autograd holds instead of a saved tensor; its death releases the storage's bytes."""
+
+    __slots__ = ("tensor", "probe", "key")
+
+    def __init__(self, tensor: torch.Tensor, probe: "SavedTensorBytes", key):
+        self.tensor, self.probe, self.key = tensor, probe, key
+
+    def __del__(self):
+        self.probe._release(self.key)
+
+
+class SavedTensorBytes:
+    """Peak bytes of the tensors autograd saves for backward while the block runs.
+
+    Each underlying storage is counted once, however many saved tensors view it, and its
+    bytes are released when the last saved reference is freed (the graph is freed). This is
+    the device-independent size of the graph an estimator builds.
+    """
+
+    def __init__(self):
+        self.peak_bytes = 0
+        self.current = 0
+        self._refs: dict[Any, list[int]] = {}  # key -> [bytes, references]
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def _pack(self, t: torch.Tensor) -> _Packed:
+        storage = t.untyped_storage()
+        key = (t.device, storage.data_ptr(), storage.nbytes())
+        entry = self._refs.get(key)
+        if entry is None:
+            self._refs[key] = [storage.nbytes(), 1]
+            self.current += storage.nbytes()
+            self.peak_bytes = max(self.peak_bytes, self.current)
+        else:
+            entry[1] += 1
+        return _Packed(t, self, key)
+
+    @staticmethod
+    def _unpack(p: _Packed) -> torch.Tensor:
+        return p.tensor
+
+    def _release(self, key) -> None:
+        entry = self._refs.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self._refs[key]
+
+    def __enter__(self) -> "SavedTensorBytes":
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_kib(field: str) -> int:
+    for line in _STATUS.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def rss_probe_unavailable() -> str | None:
+    """Why the peak-RSS probe cannot run here, or None when it can."""
+    if not _STATUS.exists() or not os.access(_CLEAR_REFS, os.W_OK):
+        return "needs Linux /proc/self/clear_refs and VmHWM (peak RSS probe unavailable)"
+    return None
+
+
+class PeakRSS:
+    """Peak resident set of this process during the block, above the resident set before it.
+
+    Linux: writing 5 to /proc/self/clear_refs resets the high-water mark VmHWM. Where that
+    is missing, `delta_bytes` stays None and `note` says why.
+    """
+
+    def __init__(self):
+        self.delta_bytes: int | None = None
+        self.note = rss_probe_unavailable()
+
+    def __enter__(self) -> "PeakRSS":
+        if self.note is None:
+            _CLEAR_REFS.write_text("5")
+            self._before = _status_kib("VmRSS")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.note is None:
+            self.delta_bytes = max(0, _status_kib("VmHWM") - self._before) * 1024
+
+
+class CudaPeak:
+    """`max_memory_allocated` / `max_memory_reserved` over the block (caching allocator)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.alloc_bytes: int | None = None
+        self.reserved_bytes: int | None = None
+
+    def __enter__(self) -> "CudaPeak":
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.cuda.synchronize(self.device)
+        self.alloc_bytes = torch.cuda.max_memory_allocated(self.device)
+        self.reserved_bytes = torch.cuda.max_memory_reserved(self.device)
+
+
+class NvmlPeak:
+    """Device-level used memory (all processes, CUDA context included), sampled by a thread.
+
+    Needs `nvidia-ml-py` and an NVIDIA driver; otherwise `peak_bytes` stays None with a note.
+    """
+
+    def __init__(self, device: torch.device, interval_s: float = 0.001):
+        self.device, self.interval_s = device, interval_s
+        self.peak_bytes: int | None = None
+        self.note: str | None = None
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "NvmlPeak":
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self._nvml = pynvml
+        except Exception as e:  # no driver, no library, no device
+            self.note = f"NVML unavailable: {e}"
+            return self
+        self.peak_bytes = 0
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while True:
+            used = self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used
+            self.peak_bytes = max(self.peak_bytes or 0, int(used))
+            if self._stop.wait(self.interval_s):
+                return
+
+    def __exit__(self, *exc) -> None:
+        if self.note is None:
+            torch.cuda.synchronize(self.device)
+            self._stop.set()
+            self._thread.join()
+            self._nvml.nvmlShutdown()

@@ -1,0 +1,103 @@
+"""Every cell ends as exactly one row, whatever happens in its process; runs resume."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from harness.cli import main
+from harness.plugins import ENV
+
+FAULTS = """\
+name: faults
+train_steps: 2
+warmup_steps: 1
+timed_steps: 1
+timeout_s: 20
+memory_budget_bytes: 150000000
+workloads: [toy1d]
+estimators: [unroll, hog, hang, nan_grad, self_kill, exploding, t1t2]
+"""
+
+
+@pytest.fixture
+def faulty(monkeypatch):
+    monkeypatch.setenv(ENV, "tests.faulty")
+
+
+def test_failures_become_rows_with_their_kind_and_the_other_rows_are_intact(tmp_path, faulty):
+    suite = tmp_path / "faults.yaml"
+    suite.write_text(FAULTS)
+    assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    df = pd.read_csv(tmp_path / "o" / "results.csv").set_index("estimator")
+    status = df["status"].to_dict()
+    assert status == {"unroll": "ok", "hog": "oom", "hang": "timeout", "nan_grad": "diverged",
+                      "self_kill": "error", "exploding": "error", "t1t2": "ok"}
+    assert "over memory_budget_bytes=150000000" in df.loc["hog", "error"]
+    assert df.loc["hog", "peak_rss_delta_bytes"] > 250e6       # the measured peak is kept
+    assert "timeout_s=20" in df.loc["hang", "error"]
+    assert "killed by SIGKILL" in df.loc["self_kill", "error"]
+    assert "RuntimeError: boom" in df.loc["exploding", "error"]
+    assert "hypergradient was not finite" in df.loc["nan_grad", "error"]
+    for ok in ("unroll", "t1t2"):
+        assert df.loc[ok, "step_time_s"] > 0 and df.loc[ok, "graph_bytes"] > 0
+    parquet = pd.read_parquet(tmp_path / "o" / "results.parquet")
+    assert parquet["status"].tolist() == pd.read_csv(tmp_path / "o" / "results.csv")["status"].tolist()
+
+
+SMALL = """\
+name: small
+train_steps: 3
+warmup_steps: 1
+timed_steps: 1
+workloads: [toy1d]
+estimators: [plain, unroll, t1t2]
+"""
+
+
+def test_resume_runs_only_the_missing_cells(tmp_path, capsys):
+    suite, out = tmp_path / "s.yaml", tmp_path / "o"
+    suite.write_text(SMALL.replace("[plain, unroll, t1t2]", "[plain, unroll]"))
+    assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 0
+    first = pd.read_csv(out / "results.csv")
+
+    suite.write_text(SMALL)
+    capsys.readouterr()
+    assert main(["run", str(suite), "--out", str(out), "--quiet", "--resume"]) == 0
+    assert "1 of 3 cells to run" in capsys.readouterr().err
+    second = pd.read_csv(out / "results.csv")
+    assert second["estimator"].tolist() == ["plain", "unroll", "t1t2"]
+    pd.testing.assert_frame_equal(second.iloc[:2], first)  # finished rows untouched
+
+    assert main(["run", str(suite), "--out", str(out), "--quiet", "--resume"]) == 0
+    assert "0 of 3 cells to run" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), second)
+
+
+def test_existing_results_are_never_silently_overwritten(tmp_path, capsys):
+    suite, out = tmp_path / "s.yaml", tmp_path / "o"
+    suite.write_text(SMALL.replace("[plain, unroll, t1t2]", "[plain]"))
+    assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(suite), "--out", str(out)]) == 2
+    assert "already holds results.csv; add --resume" in capsys.readouterr().err
+    (out / "results.csv").write_text("workload,estimator\ntoy1d,plain\n")
+    for extra in ([], ["--resume"]):
+        assert main(["run", str(suite), "--out", str(out), *extra]) == 2
+        assert "not an hgbench results file" in capsys.readouterr().err
+    (out / "results.csv").write_bytes(b"\x00\xff garbage")
+    assert main(["run", str(suite), "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "results.csv" in err and err.count("\n") == 1
+    assert (out / "results.csv").read_bytes() == b"\x00\xff garbage"
+
+
+def test_rows_carry_provenance(tmp_path):
+    suite, out = tmp_path / "s.yaml", tmp_path / "o"
+    suite.write_text(SMALL)
+    assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 0
+    row = pd.read_csv(out / "results.csv").iloc[0]
+    for col in ("hgbench_version", "git_sha", "torch_version", "device_name", "cpu_model",
+                "hostname", "start_time"):
+        assert isinstance(row[col], str) and row[col], col
+    assert row["num_threads"] >= 1 and row["wall_s"] > 0 and row["device_type"] == "cpu"
+    assert row["deterministic"] in (True, False)
