@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup bench test list clean
+.PHONY: setup bench cost overhead test list clean
 
 setup: $(STAMP)
 
@@ -16,6 +16,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 bench: $(STAMP)
 	$(PY) -m harness run default
+
+# Cost only (time, memory, FLOPs x plain step) at ResNet10/18/34; no meta-training.
+cost: $(STAMP)
+	$(PY) -m harness run cost
+
+# Benchmark of the harness's own timing overhead (ResNet18, unroll and evograd).
+overhead: $(STAMP)
+	$(PY) -m harness.overhead
 
 test: $(STAMP)
 	$(PY) -m pytest -q

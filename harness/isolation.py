@@ -2,31 +2,30 @@
 out-of-memory kill or a hang ends only that cell."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import multiprocessing as mp
 import os
 import signal
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from harness.memory import MALLOC_ENV
+_PR_SET_PDEATHSIG = 1
 
 
-@contextmanager
-def _environment(extra: dict[str, str]) -> Iterator[None]:
-    """Spawned children copy os.environ at start; glibc reads its tunables only then."""
-    saved = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)
+def _die_with_parent(parent_pid: int) -> None:
+    """A cell must not outlive the driver (killed, even with -9): Linux's parent-death
+    signal ends it; elsewhere the pipe's closing ends it at its next send."""
     try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
 
 
-def _child(fn: Callable[[Any], dict], arg: Any, conn) -> None:
+def _child(fn: Callable[[Any], dict], arg: Any, conn, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
     from harness.plugins import load_plugins
 
     load_plugins()
@@ -48,9 +47,8 @@ def run_isolated(fn: Callable[[Any], dict], arg: Any, timeout_s: float) -> dict[
     """
     ctx = mp.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
-    with _environment(MALLOC_ENV):
-        proc = ctx.Process(target=_child, args=(fn, arg, send), daemon=True)
-        proc.start()
+    proc = ctx.Process(target=_child, args=(fn, arg, send, os.getpid()), daemon=True)
+    proc.start()
     send.close()
     try:
         if not receive.poll(timeout_s):

@@ -5,19 +5,39 @@ the measured code stays untouched.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-# glibc keeps freed heap memory below its (dynamic) mmap threshold, so after a larger step
-# the resident set does not fall and a later, smaller step would read as 0 bytes. A fixed
-# threshold makes large blocks come from mmap and go back to the system when freed. It must
-# be in the environment before the process starts: the runner sets it for every cell.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+# glibc keeps freed heap memory resident and reuses it before asking the kernel for more, so
+# after a larger step the resident set does not grow and a later, smaller step reads as
+# 0 bytes (seen here: 0 MB for a 100 MB step). malloc_trim(0) hands every free heap page back
+# to the kernel first, so whatever the step touches is counted again. (The environment
+# variable MALLOC_MMAP_THRESHOLD_=65536 also works, but only from process start, and it made
+# every step about 3x slower here; setting the threshold later with mallopt does not help,
+# since glibc reuses free chunks before it mmaps.)
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def release_free_heap() -> bool:
+    """Return free heap memory to the kernel (glibc's malloc_trim); False where unavailable."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim(0)
+    return True
 
 
 class _Packed:
@@ -100,8 +120,10 @@ def rss_probe_unavailable() -> str | None:
 class PeakRSS:
     """Peak resident set of this process during the block, above the resident set before it.
 
-    Linux: writing 5 to /proc/self/clear_refs resets the high-water mark VmHWM. Where that
-    is missing, `delta_bytes` stays None and `note` says why.
+    Linux: writing 5 to /proc/self/clear_refs resets the high-water mark VmHWM. Free heap
+    memory is first returned to the kernel (`release_free_heap`), so a step after a larger
+    one is still seen. Where the probe is missing, `delta_bytes` stays None and `note` says
+    why; where the heap cannot be trimmed (not glibc), `note` warns of undercounting.
     """
 
     def __init__(self):
@@ -110,12 +132,15 @@ class PeakRSS:
 
     def __enter__(self) -> "PeakRSS":
         if self.note is None:
+            gc.collect()
+            if not release_free_heap():
+                self.note = "no malloc_trim (not glibc): reused heap memory may be undercounted"
             _CLEAR_REFS.write_text("5")
             self._before = _status_kib("VmRSS")
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.note is None:
+        if rss_probe_unavailable() is None:
             self.delta_bytes = max(0, _status_kib("VmHWM") - self._before) * 1024
 
 

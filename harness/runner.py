@@ -38,6 +38,10 @@ def _trainer(cell: Cell, device: torch.device, total_steps: int, hyper_every: in
     return MetaTrainer(problem, estimator, total_steps, hyper_every)
 
 
+# Measuring runs at the initial learning rate: a horizon no schedule milestone reaches.
+_NO_SCHEDULE = 10 ** 9
+
+
 def _enforce_cuda_budget(cell: Cell, device: torch.device) -> None:
     """On CUDA the caching allocator refuses to go past the budget: out-of-memory is real."""
     if device.type == "cuda" and cell.memory_budget_bytes:
@@ -53,7 +57,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     _enforce_cuda_budget(cell, device)
     out: dict[str, Any] = process_provenance(device)
 
-    probe = _trainer(cell, device, cell.warmup_steps + cell.timed_steps + 8, hyper_every=1)
+    probe = _trainer(cell, device, _NO_SCHEDULE, hyper_every=1)
     for _ in range(cell.warmup_steps):
         probe.iteration(hyper=True)
     out.update(time_pass(probe, device, cell.timed_steps))

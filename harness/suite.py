@@ -54,8 +54,8 @@ class Cell:
     timed_steps: int
     train_steps: int
     hyper_every: int
-    timeout_s: float = 3600.0
-    memory_budget_bytes: int = 0
+    timeout_s: float
+    memory_budget_bytes: int
 
     @property
     def params_json(self) -> str:

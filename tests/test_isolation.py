@@ -44,6 +44,38 @@ def test_failures_become_rows_with_their_kind_and_the_other_rows_are_intact(tmp_
     assert parquet["status"].tolist() == pd.read_csv(tmp_path / "o" / "results.csv")["status"].tolist()
 
 
+def test_a_cell_does_not_outlive_a_killed_driver(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    suite = tmp_path / "hang.yaml"
+    suite.write_text("workloads: [toy1d]\nestimators: [hang]\ntimeout_s: 600\n")
+    driver = subprocess.Popen([sys.executable, "-m", "harness", "run", str(suite), "--out",
+                               str(tmp_path / "o"), "--quiet"], env={**os.environ, ENV: "tests.faulty"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        cells = []
+        while not cells and time.monotonic() < deadline:
+            time.sleep(0.5)
+            cells = [c for c in psutil.Process(driver.pid).children(recursive=True)
+                     if "spawn_main" in " ".join(c.cmdline())]
+        assert cells, "the cell process never started"
+        time.sleep(3)  # let it reach the hanging estimator
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(10)
+        gone, alive = psutil.wait_procs(cells, timeout=10)
+        assert not alive, "the cell process outlived its driver"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+
+
 SMALL = """\
 name: small
 train_steps: 3

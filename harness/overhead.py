@@ -1,0 +1,54 @@
+"""Benchmark (not a test): the harness's own overhead on a hyper-step.
+
+The same hyper-step is timed as the runner times it (`measure.time_pass`: a clock reading
+around each step, interleaved with the plain and inner steps; the median) and in a bare
+loop (one clock reading around `steps` hyper-steps; the mean), in alternating blocks in one
+process so that machine drift hits both; the medians over blocks are compared. Run: `python -m harness.overhead [--backbone resnet18] [--estimators unroll evograd]`.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from harness.measure import time_pass
+from harness.runner import _trainer
+from harness.suite import build_suite
+
+
+def overhead(estimator: str, backbone: str, width: int, blocks: int, steps: int) -> dict[str, float]:
+    cell = build_suite({"workloads": [{"name": "mwn", "backbone": backbone, "params": {"width": width}}],
+                        "estimators": [estimator], "train_steps": 0}).cells[0]
+    device = torch.device("cpu")
+    trainer = _trainer(cell, device, 10_000, hyper_every=1)
+    for _ in range(3):
+        trainer.iteration(hyper=True)
+    harness_means, bare_means = [], []
+    for _ in range(blocks):
+        harness_means.append(time_pass(trainer, device, steps)["hyper_time_s"])
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            trainer.hyper_step()
+        bare_means.append((time.perf_counter() - t0) / steps)
+    h, b = statistics.median(harness_means), statistics.median(bare_means)
+    return {"harness_hyper_s": h, "bare_hyper_s": b, "overhead": h / b - 1}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbone", default="resnet18")
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--estimators", nargs="+", default=["unroll", "evograd"])
+    ap.add_argument("--blocks", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=10)
+    args = ap.parse_args()
+    for est in args.estimators:
+        r = overhead(est, args.backbone, args.width, args.blocks, args.steps)
+        print(f"{est:10s} {args.backbone} width {args.width}: harness {r['harness_hyper_s'] * 1e3:.2f} ms, "
+              f"bare loop {r['bare_hyper_s'] * 1e3:.2f} ms, overhead {r['overhead'] * 100:+.2f}%")
+
+
+if __name__ == "__main__":
+    main()
