@@ -32,6 +32,7 @@ def _prepare_out(out_dir: Path) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import pandas as pd
     from tqdm import tqdm
 
     from harness.plugins import load_plugins
@@ -54,6 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     finished = {row_key(r) for r in done}
     todo = [c for c in suite.cells if c.key() not in finished]
     (out_dir / "suite.yaml").write_text(Path(suite.source).read_text())
+    if not args.out:
+        _point_latest(out_dir)  # at the start: an interrupted run's rows are found there too
     print(f"hgbench: suite {suite.name!r}: {len(todo)} of {len(suite.cells)} cells to run -> {out_dir}",
           file=sys.stderr)
 
@@ -66,10 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     df = to_frame(rows)
     write_html(df, out_dir, f"hgbench: {suite.name}")
-    if not args.out:
-        _point_latest(out_dir)
-    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 20,
-                                             "display.max_colwidth", 40):
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 40):
         print(summary_frame(df).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"\nresults: {out_dir / 'results.csv'}  table: {out_dir / 'results.html'}")
     failed = int((df["status"] != "ok").sum())
