@@ -3,13 +3,15 @@ from typing import Any, Mapping
 
 from estimators.base import Estimator, HyperStepInputs
 from estimators.evograd import EvoGrad
+from estimators.hyperdistill import HyperDistill
+from estimators.neumann import Neumann
 from estimators.plain import Plain
 from estimators.t1t2 import T1T2
 from estimators.unroll import Unroll
 from harness.registry import Registry
 
 ESTIMATORS: Registry[type[Estimator]] = Registry("estimator")
-for _cls in (Plain, Unroll, T1T2, EvoGrad):
+for _cls in (Plain, Unroll, T1T2, EvoGrad, HyperDistill, Neumann):
     ESTIMATORS.register(_cls.name)(_cls)
 
 

@@ -44,6 +44,7 @@ class Estimator(ABC):
     name: ClassVar[str]
     doc: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
+    stochastic: ClassVar[bool] = False  # draws randomness per call: fidelity averages draws
 
     def __init__(self, params: Mapping[str, Any], seed: int = 0):
         self.p = dict(params)
@@ -57,6 +58,11 @@ class Estimator(ABC):
     @abstractmethod
     def hypergradient(self, inputs: HyperStepInputs) -> TensorDict | None:
         """Gradients keyed like `inputs.hparams`, or None for "no hyper-update"."""
+
+    def observe_inner_step(self, weights: TensorDict, batch: Any, step: int) -> None:
+        """Called before every real inner step `step` (1-based) with the weights before it
+        and its batch, whether or not a hyper-step precedes it. Online estimators keep their
+        state here; the default does nothing. Must not change `weights`."""
 
 
 def generator_for(device: torch.device, seed: int) -> torch.Generator:

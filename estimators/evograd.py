@@ -34,6 +34,7 @@ class EvoGrad(Estimator):
     """
 
     name = "evograd"
+    stochastic = True
     doc = "K perturbed weight copies combined by softmax(-loss/tau); first-order only"
     params = (Param("K", int, 2, "number of perturbed copies", check=lambda v: v >= 2, check_doc=">= 2"),
               positive("sigma", float, 0.001, "perturbation scale"),

@@ -19,15 +19,15 @@ def scratch_buffers(buffers: Mapping[str, Tensor]) -> TensorDict:
     return {k: v.clone() for k, v in buffers.items()}
 
 
-def grads(output: Tensor, inputs: Mapping[str, Tensor], **kwargs) -> TensorDict:
+def grads(output: Tensor, inputs: Mapping[Any, Tensor], **kwargs) -> dict[Any, Tensor]:
     """`torch.autograd.grad` keyed by name; inputs the output does not reach get zeros."""
     keys = list(inputs)
     got = torch.autograd.grad(output, [inputs[k] for k in keys], allow_unused=True, **kwargs)
     return {k: torch.zeros_like(inputs[k]) if g is None else g for k, g in zip(keys, got)}
 
 
-def vjp_grads(outputs: Mapping[str, Tensor], inputs: Mapping[str, Tensor],
-              vectors: Mapping[str, Tensor], **kwargs) -> TensorDict:
+def vjp_grads(outputs: Mapping[str, Tensor], inputs: Mapping[Any, Tensor],
+              vectors: Mapping[str, Tensor], **kwargs) -> dict[Any, Tensor]:
     """sum_k <outputs[k], vectors[k]> differentiated w.r.t. `inputs` (one backward pass)."""
     keys = list(outputs)
     names = list(inputs)
@@ -62,3 +62,23 @@ def unroll_val_loss(problem: BilevelProblem, weights: Mapping[str, Tensor], buff
         loss = problem.train_loss(w, buffers, hparams, batch)
         w = sgd_step(w, grads(loss, w, create_graph=True), lr)
     return problem.val_loss(w, buffers, hparams, val_batch)
+
+
+def val_grads(problem: BilevelProblem, weights: Mapping[str, Tensor], buffers: TensorDict,
+              hparams: Mapping[str, Tensor], val_batch: Any) -> tuple[TensorDict, TensorDict]:
+    """(alpha, gFO): first-order gradients of Lval w.r.t. the weights and the hyperparameters,
+    from one backward pass."""
+    loss = problem.val_loss(weights, buffers, hparams, val_batch)
+    both = grads(loss, {**{("w", k): v for k, v in weights.items()},
+                        **{("h", k): v for k, v in hparams.items()}})
+    return {k: both[("w", k)] for k in weights}, {k: both[("h", k)] for k in hparams}
+
+
+def mixed_vjp(problem: BilevelProblem, weights: Mapping[str, Tensor], buffers: TensorDict,
+              hparams: Mapping[str, Tensor], batch: Any, vector: Mapping[str, Tensor],
+              lr: float) -> TensorDict:
+    """vector . dPhi(w, lam; D)/dlam = -lr * grad_lam <grad_w Ltrain(w, lam; D), vector>:
+    one double backward through the training loss only."""
+    w = leaf_copy(weights)
+    g = grads(problem.train_loss(w, buffers, hparams, batch), w, create_graph=True)
+    return {k: -lr * t for k, t in vjp_grads(g, hparams, vector).items()}

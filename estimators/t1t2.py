@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from estimators.base import Estimator, HyperStepInputs
-from estimators.functional import add, grads, leaf_copy, norm, scratch_buffers, sgd_step, vjp_grads
+from estimators.functional import add, grads, leaf_copy, norm, scratch_buffers, sgd_step, val_grads, vjp_grads
 from harness.params import Param
 from workloads.base import TensorDict
 
@@ -32,11 +32,7 @@ class T1T2(Estimator):
         g_train = grads(problem.train_loss(w0, buffers, lam, batch), w0, create_graph=exact)
 
         w1 = leaf_copy(sgd_step(w0, g_train, lr))
-        val_loss = problem.val_loss(w1, buffers, lam, inputs.val_batch)
-        both = grads(val_loss, {**{f"w/{k}": v for k, v in w1.items()},
-                                **{f"h/{k}": v for k, v in lam.items()}})
-        alpha = {k: both[f"w/{k}"] for k in w1}
-        g_fo = {k: both[f"h/{k}"] for k in lam}
+        alpha, g_fo = val_grads(problem, w1, buffers, lam, inputs.val_batch)
 
         if exact:
             mixed = vjp_grads(g_train, lam, alpha)  # d/dlam <grad_w Ltrain(w0), alpha>

@@ -8,7 +8,7 @@ them see the same sequence of real training batches.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -40,6 +40,7 @@ class MetaTrainer:
         self.inner_opt, self.scheduler = problem.inner.build(list(problem.weights.values()), total_steps)
         self.hyper_opt = problem.hyper.build(list(problem.hparams.values()))
         self.train_stream = PeekableStream(problem.train_stream)
+        self.val_stream = PeekableStream(problem.val_stream)
         self.step = 0
         self.last_loss: Tensor | None = None
         self._bad_hypergrad: Tensor | None = None  # a device flag: no host sync per step
@@ -50,7 +51,7 @@ class MetaTrainer:
 
     def hyper_step(self) -> None:
         batches = self.train_stream.peek(self.estimator.n_train_batches)
-        inputs = HyperStepInputs(self.problem, batches, next(self.problem.val_stream), self.lr, self.step)
+        inputs = HyperStepInputs(self.problem, batches, next(self.val_stream), self.lr, self.step)
         hypergrad = self.estimator.hypergradient(inputs)
         if hypergrad is None:
             return
@@ -63,6 +64,7 @@ class MetaTrainer:
     def inner_step(self) -> Tensor:
         batch = next(self.train_stream)
         weights = self.problem.weights
+        self.estimator.observe_inner_step(weights, batch, self.step + 1)
         frozen = {k: v.detach() for k, v in self.problem.hparams.items()}
         loss = self.problem.train_loss(weights, self.problem.buffers, frozen, batch)
         for p, g in zip(weights.values(), torch.autograd.grad(loss, list(weights.values()))):
@@ -89,8 +91,11 @@ class MetaTrainer:
             self.hyper_step()
         self.inner_step()
 
-    def train(self, steps: int) -> None:
+    def train(self, steps: int, before_step: Callable[["MetaTrainer"], None] | None = None) -> None:
+        """`steps` meta-iterations; `before_step(self)` runs before each (fidelity probes)."""
         for _ in range(steps):
+            if before_step is not None:
+                before_step(self)
             self.iteration()
         self.check_finite()
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Mapping
 import pandas as pd
 
 from harness.errors import ConfigError
+from harness.fidelity import COLUMNS as FIDELITY_COLUMNS
 
 IDENTITY = ["suite", "workload", "backbone", "estimator", "params", "seed", "device"]
 # The documented columns, in order; README.md describes each one.
@@ -24,6 +25,7 @@ COLUMNS = IDENTITY + [
     "plain_peak_bytes", "mem_x_plain", "graph_bytes", "plain_graph_bytes", "graph_x_plain",
     "memory_note",
     "hyper_flops", "plain_flops", "flops_x_plain",
+    *FIDELITY_COLUMNS,
     "test_accuracy", "final_val_loss", "metrics", "n_params", "n_hparams",
     "warmup_steps", "timed_steps", "train_steps", "hyper_every", "timeout_s", "memory_budget_bytes",
     "hgbench_version", "git_sha", "git_dirty", "torch_version", "cuda_version", "cudnn_version",
@@ -42,11 +44,19 @@ def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return df[COLUMNS]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -94,7 +104,7 @@ def row_key(row: Mapping[str, Any]) -> tuple:
 
 SUMMARY_COLUMNS = ["workload", "backbone", "estimator", "params", "seed", "status",
                    "step_time_s", "time_x_plain", "mem_x_plain", "flops_x_plain",
-                   "test_accuracy", "final_val_loss"]
+                   "fid_cos_1step", "fid_cos_long", "test_accuracy", "final_val_loss"]
 
 
 def summary_frame(df: pd.DataFrame) -> pd.DataFrame:

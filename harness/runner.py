@@ -12,6 +12,7 @@ import torch
 
 from estimators import make_estimator
 from harness.errors import ConfigError, Diverged
+from harness.fidelity import FidelityProbe
 from harness.isolation import run_isolated
 from harness.measure import flops_pass, hyper_peak_bytes, memory_pass, time_pass
 from harness.metaloop import MetaTrainer
@@ -74,7 +75,10 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         return out
 
     trainer = _trainer(cell, device, cell.train_steps, cell.hyper_every)
-    trainer.train(cell.train_steps)
+    fidelity = FidelityProbe(cell.fidelity, cell.train_steps) if cell.fidelity["checkpoints"] else None
+    trainer.train(cell.train_steps, before_step=fidelity)
+    if fidelity is not None:
+        out.update(fidelity.columns())
     metrics = trainer.problem.evaluate()
     if not math.isfinite(metrics["final_val_loss"]):
         raise Diverged(f"final validation loss is {metrics['final_val_loss']}")

@@ -15,6 +15,7 @@ import yaml
 
 from estimators import ESTIMATORS
 from harness.errors import ConfigError
+from harness.fidelity import resolve_spec as resolve_fidelity
 from harness.params import Param, resolve
 from workloads import WORKLOADS
 
@@ -37,7 +38,7 @@ SETTINGS: dict[str, Param] = {p.name: p for p in (
     Param("memory_budget_bytes", int, 0, "a hyper-step peaking above this is an `oom` row (0: no budget)",
           check=lambda v: v >= 0, check_doc=">= 0"),
 )}
-TOP_KEYS = {*SETTINGS, "seeds", "workloads", "estimators"}
+TOP_KEYS = {*SETTINGS, "seeds", "workloads", "estimators", "fidelity"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Cell:
     hyper_every: int
     timeout_s: float
     memory_budget_bytes: int
+    fidelity: Mapping[str, int]  # harness.fidelity.PARAMS; checkpoints 0 = off
 
     @property
     def params_json(self) -> str:
@@ -140,6 +142,7 @@ def build_suite(raw: Any, source: str = "<suite>") -> Suite:
     _check_keys(raw, TOP_KEYS, "suite")
     settings = resolve(list(SETTINGS.values()), {k: raw[k] for k in SETTINGS if k in raw}, "suite")
     seeds = _seeds(raw)
+    fidelity = resolve_fidelity(raw.get("fidelity"))
 
     workload_variants = []
     for i, e in enumerate(_entries(raw, "workloads")):
@@ -167,7 +170,8 @@ def build_suite(raw: Any, source: str = "<suite>") -> Suite:
              estimator_params=ep, seed=s, device=settings["device"],
              warmup_steps=settings["warmup_steps"], timed_steps=settings["timed_steps"],
              train_steps=settings["train_steps"], hyper_every=settings["hyper_every"],
-             timeout_s=settings["timeout_s"], memory_budget_bytes=settings["memory_budget_bytes"])
+             timeout_s=settings["timeout_s"], memory_budget_bytes=settings["memory_budget_bytes"],
+             fidelity=fidelity)
         for s in seeds for (w, b, wp) in workload_variants for (est, ep) in estimator_variants)
     return Suite(source=source, settings=settings, cells=cells)
 

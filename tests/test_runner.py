@@ -56,6 +56,10 @@ def test_run_writes_results_with_the_documented_columns(tmp_path, capsys):
     assert params["workload"]["width"] == 4
     assert (mwn["n_params"] > 0).all() and (mwn["n_hparams"] == 301).all()
     assert (out / "results.html").exists() and (out / "suite.yaml").read_text() == TINY
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("results.csv", "results.parquet", "results.html"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask
     # FLOPs and graph sizes are exact: their ordering is the estimators' design
     cost = mwn.set_index(mwn["estimator"] + "/" + mwn["params"].map(lambda p: json.dumps(json.loads(p)["estimator"])))
     by = lambda name: cost[cost.index.str.startswith(name)].iloc[0]

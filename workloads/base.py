@@ -60,7 +60,9 @@ class BilevelProblem(ABC):
 
     `train_loss` and `val_loss` are pure in their tensor arguments (they may update the
     `buffers` they are given, e.g. BatchNorm statistics, which is why estimators pass
-    clones). The real model's parameters are the real weights.
+    clones). The real model's parameters are the real weights. A batch is a tuple of tensors
+    whose first dimension is the sample (so estimators can subsample and join batches), or
+    None for a problem without data.
     """
 
     model: nn.Module

@@ -41,6 +41,11 @@ class Toy1DProblem(BilevelProblem):
     def val_loss(self, weights, buffers, hparams, batch) -> Tensor:
         return (weights["x"] - 0.5) ** 2
 
+    def exact_hypergradient(self) -> dict[str, Tensor]:
+        """The closed-form hypergradient at the current lam (at x*(lam)), for fidelity."""
+        lam = self.hparams["lam"].detach()
+        return {"lam": (lam - 1.0) / (lam + 1.0) ** 3}
+
     def evaluate(self) -> dict[str, float]:
         lam = float(self.hparams["lam"].detach())
         return {"final_val_loss": float(self.val_loss(self.weights, {}, self.hparams, None).detach()),

@@ -1,0 +1,106 @@
+"""HyperDistill and Neumann-IFT compute what the reference document defines."""
+from __future__ import annotations
+
+import torch
+
+from harness.metaloop import MetaTrainer
+from tests.helpers import estimator, inputs_for, rel_err, small_mwn
+from tests.quadratic import Quadratic
+
+
+def test_hyperdistill_with_gamma_0_and_theta_1_is_t1t2():
+    problem, trainer = small_mwn(width=8)
+    inputs = inputs_for(trainer)
+    exact = estimator("t1t2", mode="exact").hypergradient(inputs)
+    hd = estimator("hyperdistill", gamma=0.0, theta=1.0).hypergradient(inputs)
+    assert rel_err(hd, exact) < 1e-6
+
+
+def test_hyperdistill_distilled_point_is_the_weighted_average_of_eq_12():
+    """w*_t = sum_{i<=t} gamma^(t-i) w_{i-1} / sum_{i<=t} gamma^(t-i) over real steps."""
+    gamma = 0.7
+    problem = Quadratic()
+    est = estimator("hyperdistill", gamma=gamma, estimation_period=1000)
+    trainer = MetaTrainer(problem, est, total_steps=100, hyper_every=3)
+    before = []
+    for _ in range(8):
+        before.append(problem.weights["w"].detach().clone())  # w_{t-1}
+        trainer.iteration()
+    t = len(before)
+    coef = torch.tensor([gamma ** (t - i) for i in range(1, t + 1)], dtype=torch.float64)
+    expected = (coef[:, None] * torch.stack(before)).sum(0) / coef.sum()
+    assert est.t == t
+    assert torch.allclose(est.w_star["w"], expected, rtol=1e-12, atol=1e-12)
+
+
+def _theta_by_matrices(q: Quadratic, w0, wH, H: int, gamma: float, lr: float) -> float:
+    """Algorithm 4 with the quadratic's closed-form Jacobians, written independently."""
+    lam = q.hparams["lam"].detach()
+    A_step = torch.eye(len(lam), dtype=torch.float64) - lr * (q.A + torch.diag(lam))
+    alpha = wH - q.d
+    a, g_so, w_star, xs, ys = alpha.clone(), torch.zeros_like(lam), None, [], []
+    for t in range(H, 0, -1):
+        s = H - t + 1
+        w_hat = (1 - (t - 1) / H) * w0 + ((t - 1) / H) * wH
+        g_so = g_so - lr * a * w_hat            # a . B(w^) with B = -lr diag(w^)
+        a = A_step @ a                           # a . A (A symmetric)
+        if s == 1:
+            w_star = w_hat
+        else:
+            p = (1 - gamma ** (s - 1)) / (1 - gamma ** s)
+            w_star = p * w_star + (1 - p) * w_hat
+        v = -lr * alpha * w_star
+        xs.append(v.norm() * (1 - gamma ** s) / (1 - gamma))
+        ys.append(v @ g_so / v.norm())
+    x, y = torch.stack(xs), torch.stack(ys)
+    return float(x @ y / (x @ x))
+
+
+def test_hyperdistill_fitted_theta_is_the_least_squares_solution_on_a_quadratic():
+    q = Quadratic(lr=0.05)
+    H, gamma = 6, 0.9
+    trainer = MetaTrainer(q, estimator("plain"), 100)
+    w0 = q.weights["w"].detach().clone()
+    for _ in range(H):
+        trainer.iteration()
+    wH = q.weights["w"].detach().clone()
+    est = estimator("hyperdistill", gamma=gamma, window=H)
+    theta = est.fit_theta(inputs_for(trainer), {"w": w0}, [None] * H, {"w": wH})
+    expected = _theta_by_matrices(q, w0, wH, H, gamma, 0.05)
+    assert abs(theta - expected) < 1e-10 * max(1.0, abs(expected))
+    assert theta != 1.0
+
+
+def test_hyperdistill_refits_theta_online_from_real_steps():
+    q = Quadratic(lr=0.05)
+    est = estimator("hyperdistill", gamma=0.9, window=4, estimation_period=5)
+    trainer = MetaTrainer(q, est, 100)
+    for _ in range(30):
+        trainer.iteration()
+    assert len(est.fitted) >= 2 and est.theta == est.fitted[-1]
+    assert all(torch.isfinite(torch.tensor(est.fitted)))
+
+
+def test_hyperdistill_unit_direction_has_unit_norm_when_gfo_is_zero():
+    problem, trainer = small_mwn(width=4)
+    g = estimator("hyperdistill", unit_direction=True).hypergradient(inputs_for(trainer))
+    assert abs(float(torch.cat([t.flatten() for t in g.values()]).norm()) - 1) < 1e-5
+
+
+def test_neumann_with_no_terms_and_the_inner_step_is_t1t2_at_the_current_weights():
+    q = Quadratic(lr=0.05)
+    trainer = MetaTrainer(q, estimator("plain"), 100)
+    g = estimator("neumann", terms=0, alpha=0.0).hypergradient(inputs_for(trainer))["lam"]
+    w = q.weights["w"].detach()
+    expected = -0.05 * w * (w - q.d)       # -eta * d/dlam <grad_w Ltrain(w), grad_w Lval(w)>
+    assert torch.allclose(g, expected, rtol=1e-12)
+
+
+def test_neumann_converges_to_the_implicit_hypergradient_on_a_convex_quadratic():
+    q = Quadratic(lr=0.05, at_optimum=True)
+    trainer = MetaTrainer(q, estimator("plain"), 100)
+    g = estimator("neumann", terms=2000, alpha=0.05).hypergradient(inputs_for(trainer))["lam"]
+    exact = q.implicit_hypergradient()
+    assert float((g - exact).norm() / exact.norm()) < 1e-8
+    few = estimator("neumann", terms=3, alpha=0.05).hypergradient(inputs_for(trainer))["lam"]
+    assert float((few - exact).norm()) > float((g - exact).norm())
