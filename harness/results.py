@@ -125,7 +125,11 @@ def _fmt(v: Any) -> str:
 
 def write_html(df: pd.DataFrame, out_dir: Path, title: str) -> Path:
     """A plain, self-contained page of the summary table; every value is HTML-escaped."""
+    from harness.figures import fidelity_vs_cost_svg
+
     table = summary_frame(df)
+    svg = fidelity_vs_cost_svg(df)
+    figure = f"<h2>Fidelity against cost</h2><figure>{svg}</figure>" if svg else ""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
     body = "".join(
         "<tr class='{}'>{}</tr>".format(html.escape(str(r["status"])),
@@ -137,9 +141,10 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}tr:not(.ok){{back
 </head><body><h1>{html.escape(title)}</h1>
 <p>One row per cell. step_ms: median wall time of one meta-iteration (hyper-step and inner
 step). time/mem/flops_x_plain: the hyper-step's time, peak memory and FLOPs over those of a
-plain forward and backward of the same batch. test_accuracy: after meta-training. All
-columns in results.csv.</p>
-<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></body></html>"""
+plain forward and backward of the same batch. fid_cos_1step / fid_cos_long: cosine of the
+hypergradient with unroll T=1 / a long unroll, averaged over checkpoints. test_accuracy:
+after meta-training. All columns in results.csv.</p>
+<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{figure}</body></html>"""
     path = out_dir / "results.html"
     _atomic(path, lambda p: p.write_text(page))
     return path

@@ -137,3 +137,23 @@ estimators: [plain, unroll, t1t2, evograd]
     for name in ("unroll", "t1t2"):
         assert abs(lam[name] - 1.0) < 0.1, (name, lam[name])
     assert lam["evograd"] > 0.2  # default sigma is tiny on a 1-D problem: slow but right-signed
+
+
+def test_results_page_escapes_values_and_draws_the_fidelity_figure(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from harness.results import to_frame, write_html
+    rows = []
+    for est, fid, t in (("unroll", 0.9, 4.0), ("evograd", 0.3, 2.0), ("<b>x</b>", None, 1.0)):
+        rows.append({"suite": "s", "workload": "mwn", "backbone": "resnet10", "estimator": est,
+                     "params": json.dumps({"estimator": {}, "workload": {}}), "seed": 0,
+                     "status": "ok", "time_x_plain": t, "mem_x_plain": t / 2, "fid_cos_long": fid})
+    page = write_html(to_frame(rows), tmp_path, "<script>alert(1)</script>").read_text()
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<b>x</b>" not in page.split("<svg")[0]
+    svg = page[page.index("<svg"):page.index("</svg>") + 6]
+    root = ET.fromstring(svg)  # well-formed SVG
+    ns = "{http://www.w3.org/2000/svg}"
+    assert len(list(root.iter(ns + "path"))) > 10  # points, axes and ticks were drawn
+    empty = write_html(to_frame(rows[2:]), tmp_path, "t").read_text()
+    assert "<svg" not in empty
