@@ -22,19 +22,25 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
-def time_pass(trainer: MetaTrainer, device: torch.device, repeats: int) -> dict[str, Any]:
+def time_steps(trainer: MetaTrainer, device: torch.device, repeats: int) -> dict[str, Measurement]:
     """Interleaved: plain step, hyper-step, real inner step, `repeats` times."""
     plain, hyper, inner = [], [], []
     for _ in range(repeats):
         plain.append(time_call(trainer.plain_step, device))
         hyper.append(time_call(trainer.hyper_step, device))
         inner.append(time_call(trainer.inner_step, device))
-    step = Measurement(tuple(h + i for h, i in zip(hyper, inner)))
-    h, i, p = Measurement(tuple(hyper)), Measurement(tuple(inner)), Measurement(tuple(plain))
+    return {"plain": Measurement(tuple(plain)), "hyper": Measurement(tuple(hyper)),
+            "inner": Measurement(tuple(inner))}
+
+
+def time_pass(trainer: MetaTrainer, device: torch.device, repeats: int) -> dict[str, Any]:
+    m = time_steps(trainer, device, repeats)
+    h, i, p = m["hyper"], m["inner"], m["plain"]
+    step = Measurement(tuple(a + b for a, b in zip(h.times_s, i.times_s)))
     return {"step_time_s": step.median, "step_time_iqr_s": step.iqr, "step_time_min_s": step.min,
             "hyper_time_s": h.median, "hyper_time_iqr_s": h.iqr, "inner_time_s": i.median,
             "plain_time_s": p.median,
-            "time_x_plain": statistics.median(a / b for a, b in zip(hyper, plain))}
+            "time_x_plain": statistics.median(a / b for a, b in zip(h.times_s, p.times_s))}
 
 
 def _peak(fn, device: torch.device) -> dict[str, Any]:

@@ -41,6 +41,10 @@ class Measurement:
         return q[2] - q[0]
 
     @property
+    def mean(self) -> float:
+        return statistics.fmean(self.times_s)
+
+    @property
     def min(self) -> float:
         return min(self.times_s)
 
