@@ -65,8 +65,7 @@ class MetaTrainer:
         batch = next(self.train_stream)
         weights = self.problem.weights
         self.estimator.observe_inner_step(weights, batch, self.step + 1)
-        frozen = {k: v.detach() for k, v in self.problem.hparams.items()}
-        loss = self.problem.train_loss(weights, self.problem.buffers, frozen, batch)
+        loss = self.problem.train_loss(weights, self.problem.buffers, self._frozen_hparams(), batch)
         for p, g in zip(weights.values(), torch.autograd.grad(loss, list(weights.values()))):
             p.grad = g
         self.inner_opt.step()
@@ -75,13 +74,17 @@ class MetaTrainer:
         self.last_loss = loss.detach()
         return self.last_loss
 
+    def _frozen_hparams(self) -> dict[str, Tensor]:
+        """Hyperparameters as constants: weight steps build no graph to them."""
+        return {k: v.detach() for k, v in self.problem.hparams.items()}
+
     def plain_step(self) -> None:
         """Forward and backward of the next real batch w.r.t. the weights, changing nothing:
         the unit in which a hyper-step's cost is expressed ("x plain step")."""
         batch = self.train_stream.peek(1)[0]
         weights = leaf_copy(self.problem.weights)
-        frozen = {k: v.detach() for k, v in self.problem.hparams.items()}
-        loss = self.problem.train_loss(weights, scratch_buffers(self.problem.buffers), frozen, batch)
+        loss = self.problem.train_loss(weights, scratch_buffers(self.problem.buffers),
+                                       self._frozen_hparams(), batch)
         torch.autograd.grad(loss, list(weights.values()))
 
     def iteration(self, hyper: bool | None = None) -> None:
