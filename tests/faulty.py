@@ -33,7 +33,6 @@ def _hog():
     x += 1
 
 
-
 class _NaN(Estimator):
     name = "nan_grad"
 
