@@ -133,3 +133,29 @@ def test_rows_carry_provenance(tmp_path):
         assert isinstance(row[col], str) and row[col], col
     assert row["num_threads"] >= 1 and row["wall_s"] > 0 and row["device_type"] == "cpu"
     assert row["deterministic"] in (True, False)
+
+
+def test_in_process_mode_runs_cells_here_and_still_writes_failure_rows(tmp_path, faulty):
+    import harness.runner
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text("train_steps: 2\ntimed_steps: 1\nworkloads: [toy1d]\nestimators: [exploding, unroll]\n")
+    calls = []
+    original = harness.runner.run_isolated
+    harness.runner.run_isolated = lambda *a, **k: calls.append(a) or original(*a, **k)
+    try:
+        assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--quiet", "--in-process"]) == 0
+        assert not calls
+        assert main(["run", str(suite), "--out", str(tmp_path / "o2"), "--quiet"]) == 0
+        assert len(calls) == 2  # the default isolates every cell
+    finally:
+        harness.runner.run_isolated = original
+    df = pd.read_csv(tmp_path / "o" / "results.csv")
+    assert df["status"].tolist() == ["error", "ok"]
+
+
+def test_an_unimportable_plugin_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(ENV, "no_such_module_xyz")
+    assert main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "HGBENCH_PLUGINS: cannot import 'no_such_module_xyz'" in err

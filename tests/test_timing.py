@@ -25,3 +25,11 @@ def test_cuda_timing_waits_for_queued_kernels():
     a = torch.randn(4096, 4096, device=dev)
     t = time_call(lambda: [a @ a for _ in range(10)], dev)
     assert t > 0
+
+
+def test_overhead_benchmark_runs_and_reports_its_figures():
+    from harness.overhead import overhead
+
+    r = overhead("evograd", "resnet10", width=4, blocks=1, steps=2)
+    assert r["harness_hyper_s"] > 0 and r["bare_hyper_s"] > 0 and r["harness_median_s"] > 0
+    assert r["overhead"] == r["harness_hyper_s"] / r["bare_hyper_s"] - 1
