@@ -109,18 +109,16 @@ class HyperDistill(Estimator):
     def hypergradient(self, inputs: HyperStepInputs) -> TensorDict:
         problem, lam, lr, gamma = inputs.problem, inputs.hparams, inputs.lr, self.p["gamma"]
         t = inputs.step + 1
+        # records step t into an open window, or captures w_H once the window is full
+        self.observe_inner_step(inputs.weights, inputs.train_batches[0], t)
         if not self.p["unit_direction"]:
-            if self.window is None and self.calls % self.p["estimation_period"] == 0:
-                self.window = {"w0": None, "batches": [], "wH": None}
-            if self.window is not None and self.window["wH"] is None \
-                    and len(self.window["batches"]) == self.p["window"] and self.window["w0"] is not None:
-                self.window["wH"] = clone(inputs.weights)
             if self.window is not None and self.window["wH"] is not None:
                 self.theta = self.fit_theta(inputs, **self.window)
                 self.fitted.append(self.theta)
                 self.window = None
+            if self.window is None and self.calls % self.p["estimation_period"] == 0:
+                self.window = {"w0": None, "batches": [], "wH": None}  # from the next step
         self.calls += 1
-        self.observe_inner_step(inputs.weights, inputs.train_batches[0], t)
 
         buffers = scratch_buffers(inputs.buffers)
         w_prev = leaf_copy(inputs.weights)

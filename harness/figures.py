@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import io
-import json
 
 import pandas as pd
 
 
 def _label(row: pd.Series) -> str:
-    params = json.loads(row["params"])["estimator"] if isinstance(row["params"], str) else {}
+    from harness.results import estimator_params
+
+    params = estimator_params(row["params"])
     short = ",".join(f"{k}={v}" for k, v in params.items() if k in ("T", "backend", "mode", "K", "terms"))
     return f"{row['estimator']}({short})" if short else row["estimator"]
 

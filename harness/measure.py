@@ -45,8 +45,8 @@ def time_pass(trainer: MetaTrainer, device: torch.device, repeats: int) -> dict[
 
 def _peak(fn, device: torch.device) -> dict[str, Any]:
     """Peak memory of fn() above what was allocated before it, by the device's probe."""
-    gc.collect()
     if device.type == "cuda":
+        gc.collect()  # (PeakRSS collects on its own)
         before = torch.cuda.memory_allocated(device)
         with CudaPeak(device) as cp, NvmlPeak(device) as nv:
             fn()

@@ -107,10 +107,15 @@ SUMMARY_COLUMNS = ["workload", "backbone", "estimator", "params", "seed", "statu
                    "fid_cos_1step", "fid_cos_long", "test_accuracy", "final_val_loss"]
 
 
+def estimator_params(params_json: Any) -> dict[str, Any]:
+    """The estimator's part of a row's `params` JSON ({} when missing)."""
+    return json.loads(params_json)["estimator"] if isinstance(params_json, str) else {}
+
+
 def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
     """The table people look at: estimator parameters only, times in ms."""
     out = df[SUMMARY_COLUMNS].copy()
-    params = [json.loads(p)["estimator"] if isinstance(p, str) else {} for p in out["params"]]
+    params = [estimator_params(p) for p in out["params"]]
     out["params"] = [", ".join(f"{k}={v}" for k, v in p.items()) for p in params]
     out.insert(out.columns.get_loc("step_time_s"), "step_ms",
                pd.to_numeric(df["step_time_s"], errors="coerce") * 1000)
