@@ -14,8 +14,14 @@ from harness.errors import ConfigError
 ENV = "HGBENCH_PLUGINS"
 
 
-def load_plugins() -> list[str]:
-    names = [n.strip() for n in os.environ.get(ENV, "").split(",") if n.strip()]
+def plugin_spec() -> str:
+    return os.environ.get(ENV, "")
+
+
+def load_plugins(spec: str | None = None) -> list[str]:
+    """Import the plugin modules named in `spec` (default: the environment's)."""
+    spec = plugin_spec() if spec is None else spec
+    names = [n.strip() for n in spec.split(",") if n.strip()]
     for name in names:
         try:
             importlib.import_module(name)

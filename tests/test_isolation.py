@@ -63,14 +63,15 @@ def test_a_cell_does_not_outlive_a_killed_driver(tmp_path):
         cells = []
         while not cells and time.monotonic() < deadline:
             time.sleep(0.5)
-            cells = [c for c in psutil.Process(driver.pid).children(recursive=True)
-                     if "spawn_main" in " ".join(c.cmdline())]
+            servers = [c for c in psutil.Process(driver.pid).children()
+                       if "forkserver" in " ".join(c.cmdline())]
+            cells = [c for s in servers for c in s.children()]
         assert cells, "the cell process never started"
         time.sleep(3)  # let it reach the hanging estimator
         driver.send_signal(signal.SIGKILL)
         driver.wait(10)
-        gone, alive = psutil.wait_procs(cells, timeout=10)
-        assert not alive, "the cell process outlived its driver"
+        gone, alive = psutil.wait_procs(cells + servers, timeout=10)
+        assert not alive, f"outlived its driver: {[(p.pid, p.cmdline()[-1][:60], p.pid in [s.pid for s in servers]) for p in alive]}"
     finally:
         if driver.poll() is None:
             driver.kill()
