@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup bench cost overhead test list clean
+.PHONY: setup bench cost overhead test pytest-bench list clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,15 @@ overhead: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# One hyper-step per estimator x backbone under pytest-benchmark (width 8; add
+# BENCH_ARGS=--full-width for width 64), saved as JSON and rendered by `hgbench report`.
+BENCH_JSON ?= reports/pytest-bench.json
+pytest-bench: $(STAMP)
+	mkdir -p $(dir $(BENCH_JSON))
+	$(PY) -m pytest tests/benchmarks -o python_files='bench_*.py' -q \
+		--benchmark-json=$(BENCH_JSON) $(BENCH_ARGS)
+	$(PY) -m harness report $(BENCH_JSON)
 
 list: $(STAMP)
 	$(PY) -m harness list

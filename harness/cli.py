@@ -36,7 +36,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from harness.plugins import load_plugins
-    from harness.results import read_results, row_key, summary_frame, to_frame, write_html
+    from harness.report import Reference, load_run, write_report
+    from harness.results import read_curves, read_results, row_key, summary_frame, to_frame
     from harness.runner import resolve_device, run_cells
     from harness.suite import find_suite, load_suite
 
@@ -64,18 +65,64 @@ def cmd_run(args: argparse.Namespace) -> int:
     def progress(row):
         bar.set_postfix_str(f"{row['workload']}/{row['estimator']}: {row['status']}")
         bar.update()
-    rows = run_cells(todo, out_dir, done=done, isolate=not args.in_process, on_row=progress)
+    curves = read_curves(out_dir).to_dict("records") if existing is not None else []
+    rows = run_cells(todo, out_dir, done=done, isolate=not args.in_process, on_row=progress,
+                     done_curves=[c for c in curves if row_key(c) in finished])
     bar.close()
 
     df = to_frame(rows)
-    write_html(df, out_dir, f"hgbench: {suite.name}")
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 40):
         print(summary_frame(df).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"\nresults: {out_dir / 'results.csv'}  table: {out_dir / 'results.html'}")
+    report = write_report(load_run(out_dir), out_dir, Reference.parse(args.reference))
+    print(f"\nresults: {out_dir / 'results.csv'}  report: {report}")
     failed = int((df["status"] != "ok").sum())
     if failed:
         print(f"hgbench: {failed} of {len(df)} cells did not finish ok (see the error column)",
               file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import Reference, load_run, write_report
+
+    source = Path(args.source)
+    reference = Reference.parse(args.reference)
+    run = load_run(source)
+    out = Path(args.output) if args.output else (source if source.is_dir() else source.with_suffix(""))
+    try:
+        path = write_report(run, out, reference)
+    except OSError as e:
+        raise ConfigError(f"-o {out}: cannot write the report there ({e.strerror}); choose another folder") from None
+    print(f"report: {path}  summary: {out / 'summary.csv'}  figures: {out / 'figures'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from harness.compare import Thresholds, compare, load
+
+    for flag in ("max_slowdown", "max_memory_growth"):
+        if not getattr(args, flag) >= 1.0:
+            raise ConfigError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be a ratio >= 1 (e.g. 1.10)")
+    limits = Thresholds(args.max_slowdown, args.max_memory_growth)
+    base, new = load(Path(args.base)), load(Path(args.new))
+    table = compare(base, new, limits)
+    if table.empty:
+        raise ConfigError(f"{args.base} and {args.new} share no cell (same workload, backbone, "
+                          "estimator, parameters and seed); nothing to compare")
+    shown = table.drop(columns=["params"])
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    unmatched = len(new) - len(table)
+    if unmatched:
+        print(f"hgbench: {unmatched} cell(s) of {args.new} have no match in {args.base}", file=sys.stderr)
+    bad = table[table["verdict"] != "ok"]
+    if len(bad):
+        print(f"hgbench: {len(bad)} of {len(table)} matched cells regressed (limits: time x{limits.max_slowdown}, "
+              f"memory x{limits.max_memory_growth}, or newly failing)", file=sys.stderr)
+        return 1
+    print(f"hgbench: {len(table)} matched cells, no regression", file=sys.stderr)
     return 0
 
 
@@ -118,7 +165,25 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--in-process", action="store_true",
                      help="debugging: run cells in this process (no isolation, no time limit)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--reference", default="unroll:T=1", metavar="NAME[:k=v,...]",
+                     help="the report's reference estimator for x ref columns (default unroll:T=1)")
     run.set_defaults(func=cmd_run)
+    rep = sub.add_parser("report", help="write report.html, summary.csv and figures/ for a run "
+                                        "folder or a pytest-benchmark JSON file")
+    rep.add_argument("source", help="a run folder (e.g. reports/latest) or a --benchmark-json file")
+    rep.add_argument("-o", "--output", help="output folder (default: the run folder; for JSON, "
+                                            "the file's name without .json)")
+    rep.add_argument("--reference", default="unroll:T=1", metavar="NAME[:k=v,...]",
+                     help="reference estimator for the x ref columns (default unroll:T=1)")
+    rep.set_defaults(func=cmd_report)
+    cmp = sub.add_parser("compare", help="compare two runs cell by cell; exit 1 on a regression")
+    cmp.add_argument("base")
+    cmp.add_argument("new")
+    cmp.add_argument("--max-slowdown", type=float, default=1.10,
+                     help="fail when a cell's hyper-step time grew by more than this ratio (default 1.10)")
+    cmp.add_argument("--max-memory-growth", type=float, default=1.10,
+                     help="fail when a cell's peak memory grew by more than this ratio (default 1.10)")
+    cmp.set_defaults(func=cmd_compare)
     lst = sub.add_parser("list", help="print workloads, backbones and estimators with their parameters")
     lst.set_defaults(func=cmd_list)
     return ap

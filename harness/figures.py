@@ -1,48 +1,191 @@
-"""Figures for the results page, as inline SVG (no files to fetch, no network)."""
+"""The report's figures: each a function from the prepared results (see `harness.report`)
+to a matplotlib Figure, or None when the run has nothing to show for it.
+
+Figures are drawn with seaborn's theme on the Agg backend (no display, no network) and
+saved three ways by the report: inline SVG for the page, PNG and PDF for papers.
+"""
 from __future__ import annotations
 
 import io
+from typing import Callable
 
-import pandas as pd
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+sns.set_theme(style="whitegrid", context="paper")
+matplotlib.rcParams["svg.fonttype"] = "path"  # text as outlines: no font to fetch
+matplotlib.rcParams["svg.hashsalt"] = "hgbench"  # stable ids, so reports diff cleanly
 
 
-def _label(row: pd.Series) -> str:
-    from harness.results import estimator_params
-
-    params = estimator_params(row["params"])
-    short = ",".join(f"{k}={v}" for k, v in params.items() if k in ("T", "backend", "mode", "K", "terms"))
-    return f"{row['estimator']}({short})" if short else row["estimator"]
+def _palette(variants) -> dict[str, tuple]:
+    names = sorted(set(variants))
+    return dict(zip(names, sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names))))
 
 
-def fidelity_vs_cost_svg(df: pd.DataFrame) -> str | None:
-    """Cosine with the long-unroll reference against time and peak memory (x plain step),
-    one point per estimator variant and workload/backbone; None when no row has fidelity."""
-    data = df[(df["status"] == "ok") & pd.to_numeric(df["fid_cos_long"], errors="coerce").notna()].copy()
+def pareto_front(cost: pd.Series, score: pd.Series) -> pd.Index:
+    """Rows not dominated by another (no other is at most as costly and strictly better, or
+    cheaper and at least as good), in increasing cost."""
+    order = sorted(cost.index, key=lambda i: (cost[i], -score[i]))
+    front, best = [], -np.inf
+    for i in order:
+        if score[i] > best:
+            front.append(i)
+            best = score[i]
+    return pd.Index(front)
+
+
+def cost_bars(ok: pd.DataFrame) -> Figure | None:
+    """Hyper-step time and peak memory per estimator, bars grouped by backbone, one row of
+    panels per workload. Error bars: spread across seeds when there are several, else the
+    interquartile range of the timed steps."""
+    if ok.empty:
+        return None
+    workloads = list(dict.fromkeys(ok["workload"]))
+    fig, axes = plt.subplots(len(workloads), 2, figsize=(12, 3.6 * len(workloads)), squeeze=False)
+    for row, workload in zip(axes, workloads):
+        data = ok[ok["workload"] == workload]
+        variants = list(dict.fromkeys(data["variant"]))
+        backbones = list(dict.fromkeys(data["backbone"]))
+        width = 0.8 / len(backbones)
+        for ax, col, iqr_col, name in ((row[0], "hyper_ms", "hyper_iqr_ms", "hyper-step time (ms)"),
+                                       (row[1], "peak_mb", None, "hyper-step peak memory (MB)")):
+            for j, backbone in enumerate(backbones):
+                g = data[data["backbone"] == backbone].groupby("variant", sort=False)
+                mean = g[col].mean().reindex(variants)
+                if (g.size() > 1).any():
+                    err = g[col].std().reindex(variants)
+                elif iqr_col:
+                    err = g[iqr_col].mean().reindex(variants) / 2
+                else:
+                    err = None
+                x = np.arange(len(variants)) + (j - (len(backbones) - 1) / 2) * width
+                ax.bar(x, mean.to_numpy(dtype=float), width, label=backbone,
+                       yerr=None if err is None else err.to_numpy(dtype=float), capsize=2)
+            ax.set_xticks(np.arange(len(variants)), variants, rotation=30, ha="right", fontsize=7)
+            ax.set_ylabel(name)
+            ax.set_title(workload)
+        row[1].legend(title="backbone", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def depth_scaling(ok: pd.DataFrame) -> Figure | None:
+    """Hyper-step time, peak memory and FLOPs against backbone depth (ResNet10 -> 18 -> 34),
+    one line per estimator; dashes tell workloads apart. Log scale: growth reads as slope."""
+    data = ok[ok["depth"].notna()]
+    if data["depth"].nunique() < 2:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    colours = _palette(data["variant"])
+    styles = dict(zip(dict.fromkeys(data["workload"]), ["-", "--", ":", "-."] * 4))
+    for ax, col, name in zip(axes, ("hyper_ms", "peak_mb", "gflops"),
+                             ("hyper-step time (ms)", "hyper-step peak memory (MB)", "hyper-step GFLOPs")):
+        for (workload, variant), g in data.groupby(["workload", "variant"], sort=False):
+            line = g.groupby("depth")[col].mean().dropna()
+            if line.empty:
+                continue
+            ax.plot(line.index, line.values, styles[workload], marker="o", color=colours[variant],
+                    label=f"{variant} ({workload})" if len(styles) > 1 else variant)
+        ax.set_xlabel("ResNet depth")
+        ax.set_xticks(sorted(data["depth"].unique()))
+        ax.set_yscale("log")
+        ax.set_ylabel(name)
+    axes[2].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle("Cost scaling with depth")
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_cost(acc: pd.DataFrame) -> Figure | None:
+    """Test accuracy (mean over seeds, 95% CI) against hyper-step time and peak memory, the
+    Pareto front drawn: the estimators worth choosing at each budget."""
+    data = acc[acc["acc_mean"].notna() & acc["hyper_ms"].notna()]
     if data.empty:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    groups = list(data.groupby(["workload", "backbone"], sort=False))
+    fig, axes = plt.subplots(len(groups), 2, figsize=(12, 4 * len(groups)), squeeze=False)
+    colours = _palette(data["variant"])
+    for row, ((workload, backbone), g) in zip(axes, groups):
+        for ax, col, name in ((row[0], "hyper_ms", "hyper-step time (ms)"),
+                              (row[1], "peak_mb", "hyper-step peak memory (MB)")):
+            g2 = g[g[col].notna()]
+            for _, r in g2.iterrows():
+                ax.errorbar(r[col], 100 * r["acc_mean"], yerr=100 * (r["acc_ci95"] or 0) if pd.notna(r["acc_ci95"]) else None,
+                            fmt="o", color=colours[r["variant"]], capsize=2)
+                ax.annotate(r["variant"], (r[col], 100 * r["acc_mean"]), fontsize=6,
+                            xytext=(3, 3), textcoords="offset points")
+            if not g2.empty:
+                front = pareto_front(g2[col], g2["acc_mean"])
+                ax.step(g2.loc[front, col], 100 * g2.loc[front, "acc_mean"], where="post",
+                        color="0.3", lw=1, ls="--", label="Pareto front")
+                ax.legend(fontsize=7, loc="lower right")
+            ax.set_xlabel(name)
+            ax.set_ylabel("test accuracy (%)")
+            ax.set_title(f"{workload} / {backbone}")
+    fig.tight_layout()
+    return fig
 
-    data["label"] = data.apply(_label, axis=1)
-    data["where"] = data["workload"] + "/" + data["backbone"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+
+def fidelity_vs_cost(ok: pd.DataFrame) -> Figure | None:
+    """Cosine of each estimator's hypergradient with the long-unroll reference against its
+    time and memory (x plain step)."""
+    data = ok[ok["fid_cos_long"].notna()]
+    if data.empty:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     for ax, col, name in ((axes[0], "time_x_plain", "hyper-step time (x plain step)"),
                           (axes[1], "mem_x_plain", "hyper-step peak memory (x plain step)")):
-        for where, group in data.groupby("where"):
-            x = pd.to_numeric(group[col], errors="coerce")
-            y = pd.to_numeric(group["fid_cos_long"], errors="coerce")
-            ax.scatter(x, y, label=where)
-            for xi, yi, text in zip(x, y, group["label"]):
-                ax.annotate(text, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for where, g in data.groupby(data["workload"] + "/" + data["backbone"], sort=False):
+            ax.scatter(g[col], g["fid_cos_long"], label=where)
+            for x, y, text in zip(g[col], g["fid_cos_long"], g["variant"]):
+                ax.annotate(text, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel(name)
-        ax.grid(alpha=0.3)
     axes[0].set_ylabel("cosine with long unroll (fid_cos_long)")
-    axes[1].legend(fontsize=8)
+    axes[1].legend(fontsize=7)
     fig.suptitle("Hypergradient fidelity against cost")
     fig.tight_layout()
+    return fig
+
+
+def training_curves(curves: pd.DataFrame) -> Figure | None:
+    """Validation loss and test accuracy over meta-training steps, one line per estimator
+    (mean over seeds), one row of panels per workload and backbone."""
+    if curves.empty:
+        return None
+    groups = list(curves.groupby(["workload", "backbone"], sort=False))
+    has_acc = curves["test_accuracy"].notna().any()
+    fig, axes = plt.subplots(len(groups), 2 if has_acc else 1, figsize=(12 if has_acc else 6.5, 3.6 * len(groups)),
+                             squeeze=False)
+    colours = _palette(curves["variant"])
+    for row, ((workload, backbone), g) in zip(axes, groups):
+        for ax, col, name in zip(row, ("val_loss", "test_accuracy"), ("validation loss", "test accuracy")):
+            for variant, v in g.groupby("variant", sort=False):
+                line = v.groupby("step")[col].mean().dropna()
+                if not line.empty:
+                    ax.plot(line.index, line.values, marker=".", color=colours[variant], label=variant)
+            ax.set_xlabel("inner step")
+            ax.set_ylabel(name)
+            ax.set_title(f"{workload} / {backbone}")
+        row[0].legend(fontsize=6)  # the loss panel always has a line per variant
+    fig.tight_layout()
+    return fig
+
+
+def to_svg(fig: Figure) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg")
-    plt.close(fig)
     svg = buf.getvalue()
     return svg[svg.index("<svg"):]  # drop the XML prolog: the SVG is inlined in HTML
+
+
+def close(fig: Figure) -> None:
+    plt.close(fig)
+
+
+FigureFn = Callable[..., "Figure | None"]

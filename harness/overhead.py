@@ -15,7 +15,7 @@ import time
 import torch
 
 from harness.measure import time_steps
-from harness.runner import _trainer
+from harness.runner import build_trainer
 from harness.suite import build_suite
 
 
@@ -23,7 +23,7 @@ def overhead(estimator: str, backbone: str, width: int, blocks: int, steps: int)
     cell = build_suite({"workloads": [{"name": "mwn", "backbone": backbone, "params": {"width": width}}],
                         "estimators": [estimator], "train_steps": 0}).cells[0]
     device = torch.device("cpu")
-    trainer = _trainer(cell, device, 10_000, hyper_every=1)
+    trainer = build_trainer(cell, device, 10_000, hyper_every=1)
     for _ in range(3):
         trainer.iteration(hyper=True)
     harness_means, harness_medians, bare_means = [], [], []

@@ -2,9 +2,7 @@
 atomically (temporary file, then rename) after every cell."""
 from __future__ import annotations
 
-import html
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Any, Callable, Iterable, Mapping
 import pandas as pd
 
 from harness.errors import ConfigError
+from harness.curves import COLUMNS as CURVE_POINT_COLUMNS
 from harness.fidelity import COLUMNS as FIDELITY_COLUMNS
 
 IDENTITY = ["suite", "workload", "backbone", "estimator", "params", "seed", "device"]
@@ -27,13 +26,16 @@ COLUMNS = IDENTITY + [
     "hyper_flops", "plain_flops", "flops_x_plain",
     *FIDELITY_COLUMNS,
     "test_accuracy", "final_val_loss", "metrics", "n_params", "n_hparams",
-    "warmup_steps", "timed_steps", "train_steps", "hyper_every", "timeout_s", "memory_budget_bytes",
+    "warmup_steps", "timed_steps", "train_steps", "hyper_every", "curve_points", "timeout_s", "memory_budget_bytes",
     "hgbench_version", "git_sha", "git_dirty", "torch_version", "cuda_version", "cudnn_version",
     "device_type", "device_name", "cpu_model", "num_threads", "tf32_matmul", "tf32_cudnn",
     "cudnn_benchmark", "deterministic", "hostname", "start_time", "wall_s",
 ]
 STATUSES = ("ok", "oom", "timeout", "error", "diverged")
 RESULT_FILES = ("results.csv", "results.parquet")
+# curves.csv: one row per cell and evaluation step (harness.curves).
+CURVE_KEY = ["workload", "backbone", "estimator", "params", "seed"]
+CURVE_COLUMNS = CURVE_KEY + CURVE_POINT_COLUMNS
 
 
 def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -74,6 +76,23 @@ def write_results(rows: Iterable[Mapping[str, Any]], out_dir: Path) -> pd.DataFr
             typed[col] = typed[col].map(lambda v: None if v is None else str(v))
     _atomic(out_dir / "results.parquet", lambda p: typed.to_parquet(p, index=False))
     return df
+
+
+def write_curves(points: Iterable[Mapping[str, Any]], out_dir: Path) -> None:
+    df = pd.DataFrame(list(points), columns=CURVE_COLUMNS)
+    _atomic(out_dir / "curves.csv", lambda p: df.to_csv(p, index=False))
+
+
+def read_curves(out_dir: Path) -> pd.DataFrame:
+    """The training curves in `out_dir` (empty when there are none or they are unreadable:
+    curves only feed figures, and losing them never blocks a run or a report)."""
+    try:
+        df = pd.read_csv(out_dir / "curves.csv")
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return pd.DataFrame(columns=CURVE_COLUMNS)
+    if any(c not in df.columns for c in CURVE_COLUMNS):
+        return pd.DataFrame(columns=CURVE_COLUMNS)
+    return df[CURVE_COLUMNS]
 
 
 def read_results(out_dir: Path) -> pd.DataFrame | None:
@@ -120,36 +139,3 @@ def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
     out.insert(out.columns.get_loc("step_time_s"), "step_ms",
                pd.to_numeric(df["step_time_s"], errors="coerce") * 1000)
     return out.drop(columns=["step_time_s"])
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.4g}"
-    return "" if v is None or v is pd.NA else str(v)
-
-
-def write_html(df: pd.DataFrame, out_dir: Path, title: str) -> Path:
-    """A plain, self-contained page of the summary table; every value is HTML-escaped."""
-    from harness.figures import fidelity_vs_cost_svg
-
-    table = summary_frame(df)
-    svg = fidelity_vs_cost_svg(df)
-    figure = f"<h2>Fidelity against cost</h2><figure>{svg}</figure>" if svg else ""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
-    body = "".join(
-        "<tr class='{}'>{}</tr>".format(html.escape(str(r["status"])),
-                                        "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r.values))
-        for _, r in table.iterrows())
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}tr:not(.ok){{background:#fee}}</style>
-</head><body><h1>{html.escape(title)}</h1>
-<p>One row per cell. step_ms: median wall time of one meta-iteration (hyper-step and inner
-step). time/mem/flops_x_plain: the hyper-step's time, peak memory and FLOPs over those of a
-plain forward and backward of the same batch. fid_cos_1step / fid_cos_long: cosine of the
-hypergradient with unroll T=1 / a long unroll, averaged over checkpoints. test_accuracy:
-after meta-training. All columns in results.csv.</p>
-<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{figure}</body></html>"""
-    path = out_dir / "results.html"
-    _atomic(path, lambda p: p.write_text(page))
-    return path

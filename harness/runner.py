@@ -11,13 +11,14 @@ from typing import Any, Callable, Iterable
 import torch
 
 from estimators import make_estimator
+from harness.curves import CurveLog
 from harness.errors import ConfigError, Diverged
 from harness.fidelity import FidelityProbe
 from harness.isolation import run_isolated
 from harness.measure import flops_pass, hyper_peak_bytes, memory_pass, time_pass
 from harness.metaloop import MetaTrainer
 from harness.provenance import now_iso, process_provenance, run_provenance
-from harness.results import write_results
+from harness.results import CURVE_KEY, row_key, write_curves, write_results
 from harness.suite import Cell
 from workloads import WORKLOADS
 
@@ -31,7 +32,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _trainer(cell: Cell, device: torch.device, total_steps: int, hyper_every: int) -> MetaTrainer:
+def build_trainer(cell: Cell, device: torch.device, total_steps: int, hyper_every: int) -> MetaTrainer:
     """A freshly built, identically seeded problem and estimator."""
     torch.manual_seed(cell.seed)
     problem = WORKLOADS.get(cell.workload).build(cell.workload_params, cell.backbone, cell.seed, device)
@@ -58,7 +59,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     _enforce_cuda_budget(cell, device)
     out: dict[str, Any] = process_provenance(device)
 
-    probe = _trainer(cell, device, _NO_SCHEDULE, hyper_every=1)
+    probe = build_trainer(cell, device, _NO_SCHEDULE, hyper_every=1)
     for _ in range(cell.warmup_steps):
         probe.iteration(hyper=True)
     out.update(time_pass(probe, device, cell.timed_steps))
@@ -74,12 +75,15 @@ def run_cell(cell: Cell) -> dict[str, Any]:
                                        f"memory_budget_bytes={cell.memory_budget_bytes}")
         return out
 
-    trainer = _trainer(cell, device, cell.train_steps, cell.hyper_every)
+    trainer = build_trainer(cell, device, cell.train_steps, cell.hyper_every)
     fidelity = FidelityProbe(cell.fidelity, cell.train_steps) if cell.fidelity["checkpoints"] else None
-    trainer.train(cell.train_steps, before_step=fidelity)
+    curve = CurveLog(cell.train_steps, cell.curve_points)
+    probes = [p for p in (fidelity, curve) if p is not None]
+    trainer.train(cell.train_steps, before_step=lambda t: [probe(t) for probe in probes])
     if fidelity is not None:
         out.update(fidelity.columns())
     metrics = trainer.problem.evaluate()
+    out["curve"] = curve.finish(trainer, metrics)
     if not math.isfinite(metrics["final_val_loss"]):
         raise Diverged(f"final validation loss is {metrics['final_val_loss']}")
     extra = {k: v for k, v in metrics.items() if k not in ("test_accuracy", "final_val_loss")}
@@ -112,7 +116,7 @@ def cell_row(cell: Cell, isolate: bool = True, run_info: dict[str, Any] | None =
         "suite": cell.suite, "workload": cell.workload, "backbone": cell.backbone,
         "estimator": cell.estimator, "params": cell.params_json, "seed": cell.seed,
         "device": cell.device, "warmup_steps": cell.warmup_steps, "timed_steps": cell.timed_steps,
-        "train_steps": cell.train_steps, "hyper_every": cell.hyper_every,
+        "train_steps": cell.train_steps, "hyper_every": cell.hyper_every, "curve_points": cell.curve_points,
         "timeout_s": cell.timeout_s, "memory_budget_bytes": cell.memory_budget_bytes or None,
         **(run_info or run_provenance()), "start_time": now_iso()}
     start = time.perf_counter()
@@ -123,14 +127,19 @@ def cell_row(cell: Cell, isolate: bool = True, run_info: dict[str, Any] | None =
 
 def run_cells(cells: Iterable[Cell], out_dir: Path, done: list[dict[str, Any]] | None = None,
               isolate: bool = True,
-              on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Run every cell after the rows in `done`, rewriting the results after each cell, so a
-    killed run keeps every finished cell."""
-    rows = list(done or [])
+              on_row: Callable[[dict[str, Any]], None] | None = None,
+              done_curves: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Run every cell after the rows in `done`, rewriting the results (and the training
+    curves) after each cell, so a killed run keeps every finished cell."""
+    rows, curves = list(done or []), list(done_curves or [])
     info = run_provenance()
     for cell in cells:
-        rows.append(cell_row(cell, isolate, info))
+        row = cell_row(cell, isolate, info)
+        key = dict(zip(CURVE_KEY, row_key(row)))
+        curves += [{**key, **point} for point in row.pop("curve", None) or []]
+        rows.append(row)
+        write_curves(curves, out_dir)
         write_results(rows, out_dir)
         if on_row:
-            on_row(rows[-1])
+            on_row(row)
     return rows

@@ -33,6 +33,9 @@ SETTINGS: dict[str, Param] = {p.name: p for p in (
           check=lambda v: v >= 0, check_doc=">= 0"),
     Param("hyper_every", int, 1, "a hyper-step every this many inner steps",
           check=lambda v: v >= 1, check_doc=">= 1"),
+    Param("curve_points", int, 10, "evaluations (validation loss, test accuracy) spread over "
+          "meta-training for the report's training curves (0: none)",
+          check=lambda v: v >= 0, check_doc=">= 0"),
     Param("timeout_s", float, 3600.0, "a cell still running after this many seconds is a `timeout` row",
           check=lambda v: v > 0, check_doc="> 0"),
     Param("memory_budget_bytes", int, 0, "a hyper-step peaking above this is an `oom` row (0: no budget)",
@@ -55,6 +58,7 @@ class Cell:
     timed_steps: int
     train_steps: int
     hyper_every: int
+    curve_points: int
     timeout_s: float
     memory_budget_bytes: int
     fidelity: Mapping[str, int]  # harness.fidelity.PARAMS; checkpoints 0 = off
@@ -170,7 +174,7 @@ def build_suite(raw: Any, source: str = "<suite>") -> Suite:
              estimator_params=ep, seed=s, device=settings["device"],
              warmup_steps=settings["warmup_steps"], timed_steps=settings["timed_steps"],
              train_steps=settings["train_steps"], hyper_every=settings["hyper_every"],
-             timeout_s=settings["timeout_s"], memory_budget_bytes=settings["memory_budget_bytes"],
+             curve_points=settings["curve_points"], timeout_s=settings["timeout_s"], memory_budget_bytes=settings["memory_budget_bytes"],
              fidelity=fidelity)
         for s in seeds for (w, b, wp) in workload_variants for (est, ep) in estimator_variants)
     return Suite(source=source, settings=settings, cells=cells)

@@ -55,10 +55,10 @@ def test_run_writes_results_with_the_documented_columns(tmp_path, capsys):
     assert params["estimator"] == {"K": 2, "sigma": 0.001, "tau": 0.05, "noise": "rademacher"}
     assert params["workload"]["width"] == 4
     assert (mwn["n_params"] > 0).all() and (mwn["n_hparams"] == 301).all()
-    assert (out / "results.html").exists() and (out / "suite.yaml").read_text() == TINY
+    assert (out / "report.html").exists() and (out / "suite.yaml").read_text() == TINY
     umask = os.umask(0)
     os.umask(umask)
-    for name in ("results.csv", "results.parquet", "results.html"):
+    for name in ("results.csv", "results.parquet", "curves.csv", "report.html", "summary.csv"):
         assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask
     # FLOPs and graph sizes are exact: their ordering is the estimators' design
     cost = mwn.set_index(mwn["estimator"] + "/" + mwn["params"].map(lambda p: json.dumps(json.loads(p)["estimator"])))
@@ -139,10 +139,16 @@ estimators: [plain, unroll, t1t2, evograd]
     assert lam["evograd"] > 0.2  # default sigma is tiny on a 1-D problem: slow but right-signed
 
 
-def test_results_page_escapes_values_and_draws_the_fidelity_figure(tmp_path):
+def test_report_escapes_values_and_draws_the_fidelity_figure(tmp_path):
     import xml.etree.ElementTree as ET
 
-    from harness.results import to_frame, write_html
+    import pandas as pd
+
+    from harness.report import Source, write_report
+    from harness.results import to_frame
+
+    def write_html(df, out, title):
+        return write_report(Source(df, pd.DataFrame(), title, None, {}), out)
     rows = []
     for est, fid, t in (("unroll", 0.9, 4.0), ("evograd", 0.3, 2.0), ("<b>x</b>", None, 1.0)):
         rows.append({"suite": "s", "workload": "mwn", "backbone": "resnet10", "estimator": est,
@@ -151,9 +157,10 @@ def test_results_page_escapes_values_and_draws_the_fidelity_figure(tmp_path):
     page = write_html(to_frame(rows), tmp_path, "<script>alert(1)</script>").read_text()
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<b>x</b>" not in page.split("<svg")[0]
-    svg = page[page.index("<svg"):page.index("</svg>") + 6]
+    fidelity = page[page.index("id='fig-fidelity_vs_cost'"):]
+    svg = fidelity[fidelity.index("<svg"):fidelity.index("</svg>") + 6]
     root = ET.fromstring(svg)  # well-formed SVG
     ns = "{http://www.w3.org/2000/svg}"
     assert len(list(root.iter(ns + "path"))) > 10  # points, axes and ticks were drawn
     empty = write_html(to_frame(rows[2:]), tmp_path, "t").read_text()
-    assert "<svg" not in empty
+    assert "fig-fidelity_vs_cost" not in empty

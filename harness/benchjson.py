@@ -1,0 +1,52 @@
+"""pytest-benchmark's JSON (`make pytest-bench`) as results rows, so `hgbench report` draws
+the same tables and figures from it as from a run. The hyper-step time is pytest-benchmark's
+median and IQR over its rounds; memory, FLOPs and x-plain-step ratios are the harness's own
+measurements, carried in each benchmark's `extra_info` by tests/benchmarks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.errors import ConfigError
+from harness.results import to_frame
+
+CARRIED = ("workload", "backbone", "estimator", "params", "seed", "device", "time_x_plain", "plain_time_s",
+           "peak_rss_delta_bytes", "plain_peak_bytes", "mem_x_plain", "graph_bytes", "graph_x_plain",
+           "hyper_flops", "plain_flops", "flops_x_plain", "n_params", "n_hparams")
+
+
+def _rows(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+    machine, commit = data.get("machine_info") or {}, data.get("commit_info") or {}
+    rows = []
+    for i, bench in enumerate(data["benchmarks"]):
+        extra, stats = bench.get("extra_info") or {}, bench.get("stats") or {}
+        if not extra.get("hgbench") or "median" not in stats:
+            raise ConfigError(f"{path}: benchmark {i} ({bench.get('name', '?')}) is not one of hgbench's "
+                              "(tests/benchmarks); run `make pytest-bench` to make this file")
+        row = {k: extra.get(k) for k in CARRIED}
+        row.update(suite="pytest-benchmark", status="ok", error="",
+                   hyper_time_s=stats["median"], hyper_time_iqr_s=stats.get("iqr"),
+                   device_type=extra.get("device"), cpu_model=(machine.get("cpu") or {}).get("brand_raw"),
+                   hostname=machine.get("node"), git_sha=commit.get("id"), git_dirty=commit.get("dirty"),
+                   start_time=data.get("datetime"), timed_steps=stats.get("rounds"))
+        rows.append(row)
+    return rows
+
+
+def load_benchmark_json(path: Path):
+    from harness.report import Source
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not a readable pytest-benchmark JSON file ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list) or not data["benchmarks"]:
+        raise ConfigError(f"{path}: no `benchmarks` list; is this a --benchmark-json file?")
+    machine = data.get("machine_info") or {}
+    env = {"pytest-benchmark": data.get("version"), "python": machine.get("python_version"),
+           "benchmark file": path.name}
+    return Source(to_frame(_rows(data, path)), pd.DataFrame(), f"hgbench report: pytest-benchmark {path.name}",
+                  None, {k: v for k, v in env.items() if v})

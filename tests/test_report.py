@@ -1,0 +1,243 @@
+"""The report (tables, figures, escaping, a real browser), `hgbench compare`, and
+pytest-benchmark JSON rendered as a report."""
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.cli import main
+from harness.figures import pareto_front
+from harness.plugins import ENV
+from harness.report import Reference, prepare, summary
+from tests.browser import Chromium, find_chromium
+
+EVIL = "<script>alert(1)</script>"
+SUITE = f"""\
+# {EVIL} in a comment too
+name: "{EVIL}"
+train_steps: 4
+warmup_steps: 1
+timed_steps: 2
+curve_points: 2
+fidelity: {{checkpoints: 1, reference_T: 2, draws: 1}}
+workloads:
+  - name: mwn
+    backbone: [resnet10, resnet18]
+    params: {{width: 4, batch_size: 16}}
+estimators:
+  - plain
+  - name: unroll
+    params: {{T: 1, backend: [func, higher]}}
+  - evograd
+  - exploding
+"""
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """One small real run (two backbones, a failing estimator), report written by `run`."""
+    tmp = tmp_path_factory.mktemp("report")
+    (tmp / "s.yaml").write_text(SUITE)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENV, "tests.faulty")
+        assert main(["run", str(tmp / "s.yaml"), "--out", str(tmp / "run"), "--quiet", "--in-process"]) == 0
+    return tmp / "run"
+
+
+def test_run_writes_report_summary_and_figures(run_dir):
+    for name in ("report.html", "summary.csv", "curves.csv", "results.csv"):
+        assert (run_dir / name).stat().st_size > 0, name
+    for fig in ("cost_by_backbone", "cost_vs_depth", "accuracy_vs_cost", "fidelity_vs_cost", "training_curves"):
+        for ext in ("png", "pdf"):
+            assert (run_dir / "figures" / f"{fig}.{ext}").stat().st_size > 1000, (fig, ext)
+    table = pd.read_csv(run_dir / "summary.csv")
+    # one row per backbone x variant; the failing estimator is there, not dropped
+    assert len(table) == 2 * 5
+    assert set(table.loc[table["estimator"] == "exploding", "status"]) == {"error"}
+    unroll = table[(table["variant"] == "unroll(backend=func)")]
+    assert (unroll["time_x_ref"] == 1.0).all() and (unroll["reference"] == "unroll(backend=func)").all()
+    page = (run_dir / "report.html").read_text()
+    assert page.count("<svg") == 5 and "<h3>mwn / resnet18</h3>" in page
+    assert "RuntimeError: boom" in page  # the failed cell's error is shown
+
+
+def test_curves_hold_every_cell_at_each_evaluation(run_dir):
+    curves = pd.read_csv(run_dir / "curves.csv")
+    results = pd.read_csv(run_dir / "results.csv")
+    ok = results[results["status"] == "ok"]
+    assert len(curves) == 3 * len(ok)  # steps 0 and 2 (curve_points 2) and the end, 4
+    assert sorted(set(curves["step"])) == [0, 2, 4]
+    assert curves["val_loss"].notna().all() and curves["test_accuracy"].between(0, 1).all()
+    assert curves.loc[curves["step"] > 0, "train_loss"].notna().all()
+    end = curves[curves["step"] == 4].set_index(["estimator", "backbone", "params"])["test_accuracy"]
+    final = ok.set_index(["estimator", "backbone", "params"])["test_accuracy"]
+    assert (end.sort_index() == final.sort_index()).all()  # the last point is the cell's result
+
+
+def test_strings_from_suites_and_results_are_escaped(run_dir):
+    page = (run_dir / "report.html").read_text()
+    assert EVIL not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script" not in page.lower()
+
+
+def test_report_is_self_contained(run_dir):
+    page = (run_dir / "report.html").read_text()
+    for fetch in ("src=", "<link", "@import", "url(http", "href=\"http"):
+        assert fetch not in page, fetch
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="Chromium not installed (Debian package `chromium`; "
+                                                    ".ci/run installs it)")
+def test_report_renders_in_headless_chromium_without_errors(run_dir):
+    with Chromium(find_chromium()) as browser:
+        page = browser.open((run_dir / "report.html").resolve().as_uri())
+        figures = page.evaluate("""[...document.querySelectorAll('figure')].map(f => {
+            const svg = f.querySelector('svg'); if (!svg) return {id: f.id, drawn: 0, w: 0, h: 0};
+            const box = svg.getBoundingClientRect();
+            return {id: f.id, w: box.width, h: box.height,
+                    drawn: svg.querySelectorAll('path, use, rect, line, polyline, polygon').length};
+        })""")
+        title = page.evaluate("document.title")
+        problems = page.problems()
+    assert problems == []
+    assert EVIL in title  # the suite name arrives as text, not as markup
+    assert len(figures) == 5
+    for fig in figures:
+        assert fig["w"] > 100 and fig["h"] > 100 and fig["drawn"] > 20, fig
+
+
+def test_report_command_rewrites_into_another_folder(run_dir, tmp_path):
+    assert main(["report", str(run_dir), "-o", str(tmp_path / "r"), "--reference", "evograd"]) == 0
+    table = pd.read_csv(tmp_path / "r" / "summary.csv")
+    assert (table.loc[table["estimator"] == "evograd", "time_x_ref"] == 1.0).all()
+
+
+@pytest.mark.parametrize("make_bad, message", [
+    (lambda d: None, "no results.csv here"),
+    (lambda d: (d / "results.csv").write_text("a,b\n1,2\n"), "not an hgbench results file"),
+    (lambda d: (d / "x.json").write_text("{not json"), "not a readable pytest-benchmark JSON"),
+])
+def test_bad_report_input_is_one_line(tmp_path, capsys, make_bad, message):
+    make_bad(tmp_path)
+    target = tmp_path / "x.json" if (tmp_path / "x.json").exists() else tmp_path
+    assert main(["report", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def _rows(accuracies, estimator="unroll", hyper_s=0.2):
+    return [{"suite": "s", "workload": "mwn", "backbone": "resnet10", "estimator": estimator,
+             "params": '{"estimator": {"T": 1}, "workload": {}}', "seed": i, "device": "cpu",
+             "status": "ok", "hyper_time_s": hyper_s, "peak_rss_delta_bytes": 2 ** 20, "hyper_flops": 1e9,
+             "test_accuracy": a, "device_type": "cpu"} for i, a in enumerate(accuracies)]
+
+
+def test_accuracy_is_mean_and_student_t_interval_over_seeds():
+    from harness.results import to_frame
+
+    table = summary(prepare(to_frame(_rows([0.90, 0.92, 0.94]))), Reference.parse("unroll:T=1"))
+    row = table.iloc[0]
+    assert row["n_seeds"] == 3 and math.isclose(row["acc_mean"], 0.92)
+    assert math.isclose(row["acc_ci95"], 4.302652729911275 * 0.02 / math.sqrt(3), rel_tol=1e-9)
+
+
+def test_reference_ratios_use_the_matching_variant():
+    from harness.results import to_frame
+
+    rows = _rows([0.9]) + _rows([0.8], estimator="evograd", hyper_s=0.05)
+    table = summary(prepare(to_frame(rows)), Reference.parse("unroll:T=1")).set_index("estimator")
+    assert math.isclose(table.loc["evograd", "time_x_ref"], 0.25)
+    assert table.loc["unroll", "reference"] == "unroll"
+    none = summary(prepare(to_frame(rows)), Reference.parse("unroll:T=5"))
+    assert none["time_x_ref"].isna().all()
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    cost = pd.Series([1.0, 2.0, 3.0, 4.0, 2.5])
+    score = pd.Series([0.5, 0.7, 0.6, 0.9, 0.7])
+    assert list(pareto_front(cost, score)) == [0, 1, 3]
+
+
+# ---------------------------------------------------------------- compare
+
+def _copy(run_dir: Path, dest: Path, edit=None) -> Path:
+    dest.mkdir()
+    df = pd.read_csv(run_dir / "results.csv")
+    if edit:
+        edit(df)
+    df.to_csv(dest / "results.csv", index=False)
+    return dest
+
+
+def test_compare_a_run_with_itself_passes(run_dir, capsys):
+    assert main(["compare", str(run_dir), str(run_dir)]) == 0
+    assert "no regression" in capsys.readouterr().err
+
+
+def test_compare_fails_on_doubled_times(run_dir, tmp_path, capsys):
+    def slower(df):
+        df["hyper_time_s"] *= 2
+    new = _copy(run_dir, tmp_path / "new", slower)
+    assert main(["compare", str(run_dir), str(new)]) == 1
+    out = capsys.readouterr().out
+    assert "2.00x slower" in out
+    assert main(["compare", str(run_dir), str(new), "--max-slowdown", "2.5"]) == 0
+
+
+def test_compare_fails_on_a_newly_failing_cell(run_dir, tmp_path, capsys):
+    def one_fails(df):
+        i = df.index[df["status"] == "ok"][0]
+        df.loc[i, "status"], df.loc[i, "error"] = "oom", "over budget"
+    new = _copy(run_dir, tmp_path / "new", one_fails)
+    assert main(["compare", str(run_dir), str(new)]) == 1
+    assert "now oom" in capsys.readouterr().out
+
+
+def test_compare_fails_on_memory_growth_above_the_floor(run_dir, tmp_path, capsys):
+    def bigger(df):
+        df["peak_rss_delta_bytes"] = df["peak_rss_delta_bytes"] * 1.5 + 2 ** 21
+    new = _copy(run_dir, tmp_path / "new", bigger)
+    assert main(["compare", str(run_dir), str(new)]) == 1
+    assert "memory" in capsys.readouterr().out
+
+
+def test_compare_without_shared_cells_is_one_line(run_dir, tmp_path, capsys):
+    def other_seed(df):
+        df["seed"] += 100
+    new = _copy(run_dir, tmp_path / "new", other_seed)
+    assert main(["compare", str(run_dir), str(new)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- pytest-benchmark
+
+def test_pytest_bench_json_from_make_renders(tmp_path):
+    """A real `make pytest-bench` (two cells, selected with -k) and its report."""
+    if shutil.which("make") is None:
+        pytest.skip("make not installed")
+    out = tmp_path / "bench.json"
+    subprocess.run(["make", "-s", "pytest-bench", f"BENCH_JSON={out}",
+                    "BENCH_ARGS=-k 'resnet10 and (plain or evograd)'"], cwd=REPO, check=True,
+                   capture_output=True, text=True, timeout=600)
+    report = tmp_path / "bench"
+    assert (report / "report.html").exists()
+    table = pd.read_csv(report / "summary.csv").set_index("estimator")
+    assert set(table.index) == {"plain", "evograd"}
+    assert table.loc["evograd", "hyper_ms"] > table.loc["plain", "hyper_ms"] > 0
+    assert table.loc["evograd", "flops_x_plain"] > 1 and table.loc["evograd", "peak_mb"] >= 0
+    assert "<svg" in (report / "report.html").read_text()
+
+
+def test_foreign_json_is_refused(tmp_path, capsys):
+    bad = tmp_path / "other.json"
+    bad.write_text('{"benchmarks": [{"name": "x", "stats": {"median": 1}}]}')
+    assert main(["report", str(bad)]) == 2
+    assert "not one of hgbench's" in capsys.readouterr().err
