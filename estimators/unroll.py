@@ -42,13 +42,17 @@ class Unroll(Estimator):
     def _higher_val_loss(self, inputs: HyperStepInputs) -> torch.Tensor:
         problem, model = inputs.problem, inputs.problem.model
         names = [n for n, _ in model.named_parameters()]
+        weight_names = list(problem.weights)  # the model may also hold hyperparameters (LFT's FT)
         buffers = scratch_buffers(inputs.buffers)
-        opt = torch.optim.SGD(model.parameters(), lr=inputs.lr)  # stateless: no momentum
+        # stateless SGD (no momentum) over the weights only
+        opt = torch.optim.SGD(list(problem.weights.values()), lr=inputs.lr)
+
+        def fast(fmodel) -> dict[str, torch.Tensor]:
+            params = dict(zip(names, fmodel.parameters()))
+            return {n: params[n] for n in weight_names}
+
         with higher.innerloop_ctx(model, opt, copy_initial_weights=True,
                                   track_higher_grads=True) as (fmodel, diffopt):
             for batch in inputs.train_batches:
-                loss = problem.train_loss(dict(zip(names, fmodel.parameters())), buffers,
-                                          inputs.hparams, batch)
-                diffopt.step(loss)
-            return problem.val_loss(dict(zip(names, fmodel.parameters())), buffers,
-                                    inputs.hparams, inputs.val_batch)
+                diffopt.step(problem.train_loss(fast(fmodel), buffers, inputs.hparams, batch))
+            return problem.val_loss(fast(fmodel), buffers, inputs.hparams, inputs.val_batch)

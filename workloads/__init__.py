@@ -2,11 +2,13 @@
 from harness.registry import Registry
 from workloads.backbones import BACKBONES
 from workloads.base import BilevelProblem, Workload
+from workloads.lft import LearnedFeatureWiseTransform
 from workloads.mwn import MetaWeightNet
+from workloads.rotation import LearnedRotation
 from workloads.toy1d import Toy1D
 
 WORKLOADS: Registry[Workload] = Registry("workload")
-for _w in (Toy1D(), MetaWeightNet()):
+for _w in (Toy1D(), MetaWeightNet(), LearnedFeatureWiseTransform(), LearnedRotation()):
     WORKLOADS.register(_w.name)(_w)
 
 __all__ = ["WORKLOADS", "BACKBONES", "BilevelProblem", "Workload"]

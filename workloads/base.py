@@ -92,10 +92,12 @@ class BilevelProblem(ABC):
     def evaluate(self) -> dict[str, float]:
         """Metrics of the real model now: `test_accuracy`, `final_val_loss`, and extras."""
 
+    synthetic: bool = False  # True: seeded random data, for cost only (no accuracy is reported)
+
     def describe(self) -> dict[str, Any]:
         """Facts for the results row (parameter counts, ...)."""
         n = lambda d: sum(t.numel() for t in d.values())
-        return {"n_params": n(self.weights), "n_hparams": n(self.hparams)}
+        return {"n_params": n(self.weights), "n_hparams": n(self.hparams), "synthetic": self.synthetic}
 
 
 class Workload(ABC):
@@ -105,6 +107,14 @@ class Workload(ABC):
     params: tuple[Param, ...] = ()
     backbones: tuple[str, ...] = ("none",)  # the first is the default
     doc: str = ""
+
+    def default_backbone(self, params: Mapping[str, Any]) -> str:
+        """The backbone a suite entry gets when it names none."""
+        return self.backbones[0]
+
+    def validate(self, params: Mapping[str, Any], where: str) -> None:
+        """Checks that need more than one parameter, or the file system (a dataset's path),
+        made when the suite loads so that no cell starts on a bad setting."""
 
     @abstractmethod
     def build(self, params: Mapping[str, Any], backbone: str, seed: int,

@@ -1,4 +1,5 @@
-"""Meta-Weight-Net label-noise learning (Shu et al., NeurIPS 2019) on real digits.
+"""Meta-Weight-Net label-noise learning (Shu et al., NeurIPS 2019): on scikit-learn's real
+digits by default, on CIFAR-10/100 from a path, or on seeded synthetic data (cost only).
 
 A weighting net maps each training sample's (detached) loss to a weight; the weights are
 normalised by their sum; the weighting net's parameters are the hyperparameters and are
@@ -20,8 +21,9 @@ from harness.params import Param, positive
 from workloads.backbones import BACKBONES, STEMS
 from workloads.base import HYPER_OPTIMISER_NAMES, BilevelProblem, HyperOptim, InnerOptim, Workload
 from workloads.data import NOISE_KINDS, BatchStream, Split, corrupt_labels, load_digits_images, stratified_split
+from workloads.datasets import CIFAR, check_cifar, load_cifar, synthetic_split
 
-NUM_CLASSES = 10
+DATA = ("digits", *CIFAR, "synthetic")
 
 
 class WeightingNet(nn.Module):
@@ -40,14 +42,34 @@ def _digits(size: int) -> tuple[Tensor, Tensor]:
     return load_digits_images(size=size, channels=3)
 
 
-def make_splits(p: Mapping[str, Any], seed: int) -> dict[str, Split]:
-    """Noisy training set, small clean meta (validation) set, clean test set; seeded."""
+def num_classes(p: Mapping[str, Any]) -> int:
+    return CIFAR[p["data"]][2] if p["data"] in CIFAR else p["num_classes"] if p["data"] == "synthetic" else 10
+
+
+def _source(p: Mapping[str, Any], seed: int) -> tuple[Tensor, Tensor, Split | None]:
+    """(images, labels) to split, and a separate test set where the data set has one."""
+    if p["data"] in CIFAR:
+        train = load_cifar(p["data"], p["data_root"], p["download"], train=True)
+        return train.x, train.y, load_cifar(p["data"], p["data_root"], p["download"], train=False)
+    if p["data"] == "synthetic":
+        s = synthetic_split(p["synthetic_size"], p["channels"], p["image_size"], p["num_classes"], seed)
+        return s.x, s.y, None
     x, y = _digits(p["image_size"])
+    return x, y, None
+
+
+def make_splits(p: Mapping[str, Any], seed: int) -> dict[str, Split]:
+    """Noisy training set, small clean meta (validation) set, clean test set; seeded. CIFAR
+    keeps its own test set; the others take `test_per_class` from the pool."""
+    x, y, test = _source(p, seed)
     rng = np.random.default_rng(seed)
-    meta_idx, test_idx, train_idx = stratified_split(y, [p["meta_per_class"], p["test_per_class"]], rng)
-    noisy = corrupt_labels(y[train_idx], p["noise"], p["noise_rate"], NUM_CLASSES, rng)
+    sizes = [p["meta_per_class"]] + ([] if test is not None else [p["test_per_class"]])
+    parts = stratified_split(y, sizes, rng)
+    meta_idx, train_idx = parts[0], parts[-1]
+    test = test if test is not None else Split(x[parts[1]], y[parts[1]])
+    noisy = corrupt_labels(y[train_idx], p["noise"], p["noise_rate"], num_classes(p), rng)
     return {"train": Split(x[train_idx], noisy), "train_clean_labels": Split(x[train_idx], y[train_idx]),
-            "meta": Split(x[meta_idx], y[meta_idx]), "test": Split(x[test_idx], y[test_idx])}
+            "meta": Split(x[meta_idx], y[meta_idx]), "test": test}
 
 
 class MWNProblem(BilevelProblem):
@@ -55,8 +77,10 @@ class MWNProblem(BilevelProblem):
         splits = {k: v.to(device) for k, v in make_splits(p, seed).items()}
         self.train_split, self.meta_split, self.test_split = splits["train"], splits["meta"], splits["test"]
         self.noisy_fraction = float((splits["train"].y != splits["train_clean_labels"].y).float().mean())
-        self.model = BACKBONES.get(backbone)(num_classes=NUM_CLASSES, width=p["width"],
-                                             stem=p["stem"]).to(device)
+        self.synthetic = p["data"] == "synthetic"
+        channels = p["channels"] if self.synthetic else 3
+        self.model = BACKBONES.get(backbone)(num_classes=num_classes(p), width=p["width"],
+                                             stem=p["stem"], in_channels=channels).to(device)
         self.vnet = WeightingNet().to(device)
         self.hparams = dict(self.vnet.named_parameters())
         # MW-Net's schedule (x0.1 at epochs 40 and 50 of 60) as fractions of the run.
@@ -107,9 +131,14 @@ class MWNProblem(BilevelProblem):
 
 class MetaWeightNet(Workload):
     name = "mwn"
-    doc = "Meta-Weight-Net label-noise learning on scikit-learn's digits (32x32, 3 channels)"
-    backbones = ("resnet10", "resnet18", "resnet34")
+    doc = ("Meta-Weight-Net label-noise learning on scikit-learn's digits (32x32, 3 channels), "
+           "CIFAR-10/100 from a path, or synthetic data")
+    backbones = ("resnet10", "resnet18", "resnet34", "resnet32")
     params = (
+        Param("data", str, "digits", "digits (embedded), cifar10/cifar100 (from data_root), "
+              "synthetic (cost only)", choices=DATA),
+        Param("data_root", str, "", "folder holding cifar-10-batches-py / cifar-100-python"),
+        Param("download", bool, False, "let torchvision download CIFAR into data_root"),
         positive("width", int, 16, "channels of the first ResNet stage (64 = standard)"),
         positive("batch_size", int, 32, "training batch size"),
         Param("val_batch_size", int, 0, "meta (validation) batch size; 0 = batch_size",
@@ -126,9 +155,20 @@ class MetaWeightNet(Workload):
         positive("meta_per_class", int, 10, "clean meta (validation) samples per class"),
         positive("test_per_class", int, 40, "clean test samples per class"),
         Param("stem", str, "cifar", "ResNet stem", choices=STEMS),
-        Param("image_size", int, 32, "digits are upsampled to this size",
+        Param("image_size", int, 32, "digits are upsampled to this size; synthetic images' size",
               check=lambda v: v >= 8, check_doc=">= 8"),
+        positive("num_classes", int, 10, "synthetic data: classes"),
+        positive("channels", int, 3, "synthetic data: image channels"),
+        positive("synthetic_size", int, 2000, "synthetic data: images in the pool"),
     )
+
+    def default_backbone(self, params) -> str:
+        """MW-Net's own ResNet32 on CIFAR; ResNet10 elsewhere."""
+        return "resnet32" if params["data"] in CIFAR else "resnet10"
+
+    def validate(self, params, where: str) -> None:
+        if params["data"] in CIFAR:
+            check_cifar(params["data"], params["data_root"], params["download"], f"{where}.data_root")
 
     def build(self, params, backbone, seed, device) -> BilevelProblem:
         return MWNProblem(params, backbone, seed, device)
