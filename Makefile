@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup bench cost overhead test pytest-bench list clean
+.PHONY: setup bench cost scaling overhead test pytest-bench list clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,11 @@ bench: $(STAMP)
 # Cost only (time, memory, FLOPs x plain step) at ResNet10/18/34; no meta-training.
 cost: $(STAMP)
 	$(PY) -m harness run cost
+
+# Cost only at ResNet10/18/34 on mwn and lft, with the memory frontier (GPU: add
+# ARGS="--set device=cuda").
+scaling: $(STAMP)
+	$(PY) -m harness run scaling $(ARGS)
 
 # Benchmark of the harness's own timing overhead (ResNet18, unroll and evograd).
 overhead: $(STAMP)

@@ -31,6 +31,35 @@ def _prepare_out(out_dir: Path) -> None:
         raise ConfigError(f"--out {out_dir}: cannot write there ({e.strerror}); choose another folder") from None
 
 
+def _check_download_paths(suite, out_dir: Path) -> None:
+    """The only file a suite can make hgbench write outside --out is a dataset download; it
+    is allowed only into a folder inside the output folder."""
+    inside = out_dir.resolve()
+    for cell in suite.cells:
+        p = cell.workload_params
+        if p.get("download") and inside not in Path(p.get("data_root") or ".").resolve().parents:
+            raise ConfigError(f"{cell.workload} data_root {p.get('data_root')!r}: download: true would write "
+                              f"outside the output folder {out_dir}; give a data_root inside it, or "
+                              "download the data by hand and set download: false")
+
+
+def make_executor(args: argparse.Namespace):
+    from harness.executors import EXECUTORS
+
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs}: must be >= 1")
+    if args.executor == "ray":
+        if args.jobs != 1:
+            raise ConfigError("--jobs is for --executor local; Ray places cells by --cpus-per-cell")
+        if args.cpus_per_cell < 0:
+            raise ConfigError(f"--cpus-per-cell {args.cpus_per_cell}: must be > 0")
+        return EXECUTORS.get("ray")(address=args.ray_address, cpus_per_cell=args.cpus_per_cell)
+    if args.jobs > 1:
+        print(f"hgbench: --jobs {args.jobs}: cells share this machine, so their timings are not "
+              "clean; the report flags them (shared_machine_cells)", file=sys.stderr)
+    return EXECUTORS.get("local")(jobs=args.jobs)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import pandas as pd
     from tqdm import tqdm
@@ -47,6 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out DIR: the folder of the run to continue")
     out_dir = Path(args.out) if args.out else _default_out()
+    _check_download_paths(suite, out_dir)
     _prepare_out(out_dir)
     existing = read_results(out_dir)
     if existing is not None and not args.resume:
@@ -66,8 +96,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(f"{row['workload']}/{row['estimator']}: {row['status']}")
         bar.update()
     curves = read_curves(out_dir).to_dict("records") if existing is not None else []
-    rows = run_cells(todo, out_dir, done=done, isolate=not args.in_process, on_row=progress,
-                     done_curves=[c for c in curves if row_key(c) in finished])
+    executor = make_executor(args)
+    try:
+        rows = run_cells(todo, out_dir, done=done, isolate=not args.in_process, on_row=progress,
+                         done_curves=[c for c in curves if row_key(c) in finished], executor=executor)
+    finally:
+        executor.close()
     bar.close()
 
     df = to_frame(rows)
@@ -85,12 +119,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import Reference, load_run, write_report
 
+    from harness.frontier import parse_size
+
     source = Path(args.source)
     reference = Reference.parse(args.reference)
+    budgets = sorted({parse_size(b, f"--budget {b}") for b in args.budget or []})
     run = load_run(source)
     out = Path(args.output) if args.output else (source if source.is_dir() else source.with_suffix(""))
     try:
-        path = write_report(run, out, reference)
+        path = write_report(run, out, reference, budgets)
     except OSError as e:
         raise ConfigError(f"-o {out}: cannot write the report there ({e.strerror}); choose another folder") from None
     print(f"report: {path}  summary: {out / 'summary.csv'}  figures: {out / 'figures'}")
@@ -165,6 +202,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--in-process", action="store_true",
                      help="debugging: run cells in this process (no isolation, no time limit)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local (default): this machine; ray: each cell a Ray task")
+    run.add_argument("--jobs", type=int, default=1,
+                     help="local: cells at once (default 1; more shares the machine and is flagged)")
+    run.add_argument("--ray-address", default=None,
+                     help="ray: the cluster to join (e.g. auto or HOST:6379; default: start a local Ray)")
+    run.add_argument("--cpus-per-cell", type=float, default=0.0,
+                     help="ray: CPUs each CPU cell reserves (default: as many as this machine has, "
+                          "so a node like it times one cell at a time); CUDA cells take one GPU")
     run.add_argument("--reference", default="unroll:T=1", metavar="NAME[:k=v,...]",
                      help="the report's reference estimator for x ref columns (default unroll:T=1)")
     run.set_defaults(func=cmd_run)
@@ -175,6 +221,9 @@ def parser() -> argparse.ArgumentParser:
                                             "the file's name without .json)")
     rep.add_argument("--reference", default="unroll:T=1", metavar="NAME[:k=v,...]",
                      help="reference estimator for the x ref columns (default unroll:T=1)")
+    rep.add_argument("--budget", action="append", metavar="SIZE",
+                     help="a memory budget of the frontier (e.g. 8GB; repeat for several; "
+                          "default: the suite's memory_frontier)")
     rep.set_defaults(func=cmd_report)
     cmp = sub.add_parser("compare", help="compare two runs cell by cell; exit 1 on a regression")
     cmp.add_argument("base")

@@ -177,6 +177,33 @@ def training_curves(curves: pd.DataFrame) -> Figure | None:
     return fig
 
 
+def memory_frontier(front: pd.DataFrame) -> Figure | None:
+    """What fits in each memory budget: per estimator, the deepest backbone (colour) and the
+    largest batch (label) whose hyper-step peak fits; blank where nothing fits."""
+    if front.empty or front["depth"].isna().all():
+        return None
+    from harness.frontier import format_size
+
+    workloads = list(dict.fromkeys(front["workload"]))
+    fig, axes = plt.subplots(1, len(workloads), figsize=(5.5 * len(workloads), 0.45 * front["variant"].nunique() + 2),
+                             squeeze=False)
+    for ax, workload in zip(axes[0], workloads):
+        g = front[front["workload"] == workload]
+        depth = g.pivot(index="variant", columns="budget_bytes", values="depth").reindex(
+            list(dict.fromkeys(g["variant"])))
+        label = g.assign(text=[f"{b}\nbatch {int(n)}" if isinstance(b, str) else "" for b, n in
+                               zip(g["backbone"], g["batch_size"].fillna(0))]).pivot(
+            index="variant", columns="budget_bytes", values="text").reindex(depth.index)
+        sns.heatmap(depth, annot=label.to_numpy(), fmt="", cmap="viridis", cbar_kws={"label": "ResNet depth"},
+                    ax=ax, linewidths=0.5, annot_kws={"fontsize": 6}, vmin=0)
+        ax.set_xticklabels([format_size(b) for b in depth.columns])
+        ax.set_xlabel("memory budget")
+        ax.set_ylabel("")
+        ax.set_title(f"{workload}: what fits")
+    fig.tight_layout()
+    return fig
+
+
 def to_svg(fig: Figure) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg")

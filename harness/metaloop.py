@@ -87,6 +87,11 @@ class MetaTrainer:
                                        self._frozen_hparams(), batch)
         torch.autograd.grad(loss, list(weights.values()))
 
+    def batch_samples(self) -> int | None:
+        """Samples in one real training batch (for the memory frontier); None without data."""
+        batch = self.train_stream.peek(1)[0]
+        return None if batch is None else int(batch[0].shape[0])
+
     def iteration(self, hyper: bool | None = None) -> None:
         """One meta-iteration; `hyper` forces or skips the hyper-step (default: the schedule)."""
         due = self.step % self.hyper_every == 0 if hyper is None else hyper

@@ -13,7 +13,7 @@ import html
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +22,8 @@ import pandas as pd
 
 from harness import figures
 from harness.errors import ConfigError
-from harness.results import _atomic, estimator_params, read_curves, read_results
+from harness.frontier import format_size, frontier, parse_sizes
+from harness.results import _atomic, estimator_params, read_curves, read_results, workload_params
 
 NUMERIC = ["step_time_s", "step_time_iqr_s", "hyper_time_s", "hyper_time_iqr_s", "plain_time_s",
            "time_x_plain", "mem_x_plain", "flops_x_plain", "peak_rss_delta_bytes", "peak_alloc_bytes",
@@ -34,7 +35,7 @@ SUMMARY_COLUMNS = ["workload", "backbone", "estimator", "variant", "params", "ce
                    "hyper_ms", "hyper_iqr_ms", "step_ms", "peak_mb", "graph_mb", "gflops",
                    "time_x_plain", "mem_x_plain", "flops_x_plain",
                    "time_x_ref", "mem_x_ref", "flops_x_ref", "reference",
-                   "fid_cos_1step", "fid_cos_long", "acc_mean", "acc_ci95", "n_seeds"]
+                   "fid_cos_1step", "fid_cos_long", "acc_mean", "acc_ci95", "n_seeds", "timing_shared"]
 DEFAULT_REFERENCE = "unroll:T=1"
 
 
@@ -70,16 +71,25 @@ class Reference:
 
 # ---------------------------------------------------------------- preparing the rows
 
-def variant_labels(df: pd.DataFrame) -> pd.Series:
-    """`estimator(key=value,...)` naming only the parameters that differ between the rows of
-    that estimator: `unroll(backend=func)`, or just `evograd` when there is one variant."""
-    params = [estimator_params(p) for p in df["params"]]
+def _labels(names: pd.Series, params: list[dict[str, Any]]) -> pd.Series:
+    """`name(key=value,...)` naming only the parameters that differ between the rows of that
+    name: `unroll(backend=func)`, or just `evograd` when there is one variant."""
     labels = []
-    for est, p in zip(df["estimator"], params):
-        others = [q for e, q in zip(df["estimator"], params) if e == est]
+    for name, p in zip(names, params):
+        others = [q for n, q in zip(names, params) if n == name]
         keys = [k for k in p if len({json.dumps(q.get(k), sort_keys=True) for q in others}) > 1]
-        labels.append(f"{est}({','.join(f'{k}={p[k]}' for k in keys)})" if keys else est)
-    return pd.Series(labels, index=df.index, dtype=object)
+        labels.append(f"{name}({','.join(f'{k}={p[k]}' for k in keys)})" if keys else name)
+    return pd.Series(labels, index=names.index, dtype=object)
+
+
+def variant_labels(df: pd.DataFrame) -> pd.Series:
+    return _labels(df["estimator"], [estimator_params(p) for p in df["params"]])
+
+
+def workload_labels(df: pd.DataFrame) -> pd.Series:
+    """`mwn(batch_size=64)` when a run has several settings of a workload, so tables and
+    figures never pool them."""
+    return _labels(df["workload"], [workload_params(p) for p in df["params"]])
 
 
 def _depth(backbone: str) -> float:
@@ -93,6 +103,8 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     for col in NUMERIC:
         out[col] = pd.to_numeric(out[col], errors="coerce")
     out["variant"] = variant_labels(out)
+    out["workload_name"] = out["workload"]
+    out["workload"] = workload_labels(out)
     out["depth"] = out["backbone"].map(_depth)
     out["hyper_ms"] = out["hyper_time_s"] * 1000
     out["hyper_iqr_ms"] = out["hyper_time_iqr_s"] * 1000
@@ -101,6 +113,11 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     out["peak_mb"] = out["peak_alloc_bytes"].where(cuda, out["peak_rss_delta_bytes"]) / 2 ** 20
     out["graph_mb"] = out["graph_bytes"] / 2 ** 20
     out["gflops"] = out["hyper_flops"] / 1e9
+    # Synthetic data measures cost only: its accuracy means nothing and is not reported.
+    out["synthetic"] = out["synthetic"].astype(str).str.lower().isin(["true", "1", "1.0"])
+    out.loc[out["synthetic"], "test_accuracy"] = math.nan
+    # Timings taken while other cells ran on the same host (--jobs, Ray) are flagged.
+    out["timing_shared"] = pd.to_numeric(out["shared_machine_cells"], errors="coerce").fillna(0) > 0
     return out
 
 
@@ -130,7 +147,8 @@ def summary(prepared: pd.DataFrame, reference: Reference) -> pd.DataFrame:
                "params": ", ".join(f"{k}={v}" for k, v in estimator_params(g["params"].iloc[0]).items()),
                "cells": len(g), "status": _status(g["status"]),
                "acc_mean": acc.mean() if n else math.nan,
-               "acc_ci95": _t95(n) * acc.std() / math.sqrt(n) if n > 1 else math.nan, "n_seeds": n}
+               "acc_ci95": _t95(n) * acc.std() / math.sqrt(n) if n > 1 else math.nan, "n_seeds": n,
+               "timing_shared": int(ok["timing_shared"].sum())}
         for col in ("hyper_ms", "hyper_iqr_ms", "step_ms", "peak_mb", "graph_mb", "gflops",
                     "time_x_plain", "mem_x_plain", "flops_x_plain", "fid_cos_1step", "fid_cos_long"):
             row[col] = ok[col].mean() if len(ok) else math.nan
@@ -197,11 +215,15 @@ def _cost_tables(table: pd.DataFrame, reference: Reference) -> str:
         ref = next((v for v in g["reference"] if v), "")
         note = (f"reference: {_e(ref)}" if ref else
                 f"no finished {_e(reference)} cell here, so no x ref columns")
-        rows = [[_e(r["variant"]), _e(r["status"]), _num(r["hyper_ms"]), _num(r["time_x_plain"]),
+        rows = [[_e(r["variant"]), _e(r["status"]) + (" &dagger;" if r["timing_shared"] else ""),
+                 _num(r["hyper_ms"]), _num(r["time_x_plain"]),
                  _num(r["mem_x_plain"]), _num(r["flops_x_plain"]), _num(r["time_x_ref"]),
                  _num(r["mem_x_ref"]), _num(r["flops_x_ref"]), _num(r["peak_mb"]), _num(r["gflops"]),
                  _num(r["fid_cos_long"]), _accuracy(r)] for _, r in g.iterrows()]
         classes = ["ok" if r["status"] == "ok" else "failed" for _, r in g.iterrows()]
+        if g["timing_shared"].any():
+            note += ("; &dagger;: timings taken while other cells shared the machine (--jobs or Ray): "
+                     "read them as rough")
         parts.append(f"<h3>{_e(workload)} / {_e(backbone)}</h3><p class='note'>{note}</p>"
                      + _table(headers, rows, classes))
     return "".join(parts)
@@ -256,12 +278,25 @@ pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}"""
 
 @dataclass
 class Source:
-    """What a report is made from: rows, training curves, a title and the suite text."""
+    """What a report is made from: rows, training curves, a title, the suite text and the
+    memory budgets of the frontier."""
     rows: pd.DataFrame
     curves: pd.DataFrame
     title: str
     suite_text: str | None
     environment: dict[str, Any]
+    budgets: list[int] = field(default_factory=list)
+
+
+def _suite_budgets(text: str | None) -> list[int]:
+    """The suite's `memory_frontier` sizes (validated when the suite ran)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        return []
+    return parse_sizes(raw.get("memory_frontier"), "suite.yaml: memory_frontier") if isinstance(raw, dict) else []
 
 
 def load_run(path: Path) -> Source:
@@ -277,8 +312,8 @@ def load_run(path: Path) -> Source:
                           "(e.g. reports/latest)")
     suite = path / "suite.yaml"
     name = str(rows["suite"].iloc[0]) if len(rows) else path.name
-    return Source(rows, read_curves(path), f"hgbench report: {name}",
-                  suite.read_text(errors="replace") if suite.exists() else None, {})
+    text = suite.read_text(errors="replace") if suite.exists() else None
+    return Source(rows, read_curves(path), f"hgbench report: {name}", text, {}, _suite_budgets(text))
 
 
 FIGURES: list[tuple[str, str, Callable[..., Any], str]] = [
@@ -288,12 +323,37 @@ FIGURES: list[tuple[str, str, Callable[..., Any], str]] = [
     ("accuracy_vs_cost", "Accuracy against cost", figures.accuracy_vs_cost, "summary"),
     ("fidelity_vs_cost", "Hypergradient fidelity against cost", figures.fidelity_vs_cost, "ok"),
     ("training_curves", "Training curves", figures.training_curves, "curves"),
+    ("memory_frontier", "Memory frontier: what fits", figures.memory_frontier, "frontier"),
 ]
 
 
-def write_report(source: Source, out_dir: Path, reference: Reference | None = None) -> Path:
-    """report.html, summary.csv and figures/NAME.{png,pdf} in `out_dir`."""
+def _frontier_section(table: pd.DataFrame) -> str:
+    if table.empty:
+        return ""
+    parts = ["<h2>Memory frontier</h2><p class='note'>For each budget, each estimator's deepest "
+             "backbone, then largest training batch (samples), whose measured hyper-step peak fits "
+             "(peak MB as in the tables). &mdash;: nothing measured fits.</p>"]
+    budgets = sorted(table["budget_bytes"].unique())
+    for workload, g in table.groupby("workload", sort=False):
+        rows = []
+        for variant, v in g.groupby("variant", sort=False):
+            by_budget = v.set_index("budget_bytes")
+            cells = []
+            for b in budgets:
+                r = by_budget.loc[b]
+                cells.append("&mdash;" if r["backbone"] is None or pd.isna(r["backbone"]) else
+                             f"{_e(r['backbone'])}, batch {_num(r['batch_size'])} ({_num(r['peak_mb'])} MB)")
+            rows.append([_e(variant)] + cells)
+        parts.append(f"<h3>{_e(workload)}</h3>" + _table(["estimator"] + [_e(format_size(b)) for b in budgets], rows))
+    return "".join(parts)
+
+
+def write_report(source: Source, out_dir: Path, reference: Reference | None = None,
+                 budgets: list[int] | None = None) -> Path:
+    """report.html, summary.csv (and frontier.csv with budgets) and figures/NAME.{png,pdf}
+    in `out_dir`. `budgets` replaces the suite's memory_frontier sizes."""
     reference = reference or Reference.parse(DEFAULT_REFERENCE)
+    budgets = budgets or source.budgets
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "figures").mkdir(exist_ok=True)
     prepared = prepare(source.rows)
@@ -303,13 +363,19 @@ def write_report(source: Source, out_dir: Path, reference: Reference | None = No
     curves = source.curves.copy()
     if not curves.empty:
         key = ["workload", "backbone", "estimator", "params", "seed"]
-        prepared_keys = prepared[key].astype({"seed": "Int64"}).astype(str).itertuples(index=False, name=None)
-        variant_of = dict(zip(prepared_keys, prepared["variant"]))
+        cell_keys = prepared.assign(workload=prepared["workload_name"])[key]
+        cell_keys = cell_keys.astype({"seed": "Int64"}).astype(str).itertuples(index=False, name=None)
+        labels_of = dict(zip(cell_keys, zip(prepared["workload"], prepared["variant"])))
         curve_keys = curves[key].astype({"seed": "Int64"}).astype(str).itertuples(index=False, name=None)
-        curves["variant"] = [variant_of.get(k, k[2]) for k in curve_keys]
+        labels = [labels_of.get(k, (k[0], k[2])) for k in curve_keys]
+        curves["workload"] = [w for w, _ in labels]
+        curves["variant"] = [v for _, v in labels]
         for col in ("step", "val_loss", "test_accuracy"):
             curves[col] = pd.to_numeric(curves[col], errors="coerce")
-    data = {"ok": prepared[prepared["status"] == "ok"], "summary": table, "curves": curves}
+    front = frontier(prepared, budgets)
+    if not front.empty:
+        _atomic(out_dir / "frontier.csv", lambda p: front.to_csv(p, index=False))
+    data = {"ok": prepared[prepared["status"] == "ok"], "summary": table, "curves": curves, "frontier": front}
 
     sections = []
     for name, heading, draw, kind in FIGURES:
@@ -341,9 +407,10 @@ measured column: results.csv.</p>
 <i>x plain</i>: the hyper-step's time, peak memory and FLOPs over a plain forward and
 backward of the same batch. <i>x ref</i>: over the reference estimator's ({_e(reference)}).
 Peak MB: on CUDA the allocator's peak, on the CPU the rise in resident memory. Accuracy:
-mean over seeds ± 95% confidence half-width (Student t). Failed cells are shown with their
-status, in red.</p>
+mean over seeds ± 95% confidence half-width (Student t); none for synthetic data, which
+measures cost only. Failed cells are shown with their status, in red.</p>
 {_cost_tables(table, reference)}
+{_frontier_section(front)}
 <h2>Cells that did not finish</h2>{_failures(prepared)}
 <h2>Figures</h2>{''.join(sections) or '<p>No figure applies to these rows.</p>'}
 <h2>Environment</h2>{_environment(prepared, source.environment)}

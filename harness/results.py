@@ -25,11 +25,12 @@ COLUMNS = IDENTITY + [
     "memory_note",
     "hyper_flops", "plain_flops", "flops_x_plain",
     *FIDELITY_COLUMNS,
-    "test_accuracy", "final_val_loss", "metrics", "n_params", "n_hparams",
+    "test_accuracy", "test_accuracy_ci95", "final_val_loss", "metrics", "n_params", "n_hparams",
+    "batch_size", "synthetic",
     "warmup_steps", "timed_steps", "train_steps", "hyper_every", "curve_points", "timeout_s", "memory_budget_bytes",
     "hgbench_version", "git_sha", "git_dirty", "torch_version", "cuda_version", "cudnn_version",
     "device_type", "device_name", "cpu_model", "num_threads", "tf32_matmul", "tf32_cudnn",
-    "cudnn_benchmark", "deterministic", "hostname", "start_time", "wall_s",
+    "cudnn_benchmark", "deterministic", "hostname", "start_time", "wall_s", "shared_machine_cells",
 ]
 STATUSES = ("ok", "oom", "timeout", "error", "diverged")
 RESULT_FILES = ("results.csv", "results.parquet")
@@ -129,6 +130,11 @@ SUMMARY_COLUMNS = ["workload", "backbone", "estimator", "params", "seed", "statu
 def estimator_params(params_json: Any) -> dict[str, Any]:
     """The estimator's part of a row's `params` JSON ({} when missing)."""
     return json.loads(params_json)["estimator"] if isinstance(params_json, str) else {}
+
+
+def workload_params(params_json: Any) -> dict[str, Any]:
+    """The workload's part of a row's `params` JSON ({} when missing)."""
+    return json.loads(params_json).get("workload", {}) if isinstance(params_json, str) else {}
 
 
 def summary_frame(df: pd.DataFrame) -> pd.DataFrame:

@@ -1,9 +1,12 @@
 """Runs cells and turns each into exactly one results row, whatever happens inside it."""
 from __future__ import annotations
 
+import functools
 import json
 import math
+import socket
 import time
+from datetime import datetime
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -13,6 +16,7 @@ import torch
 from estimators import make_estimator
 from harness.curves import CurveLog
 from harness.errors import ConfigError, Diverged
+from harness.executors import Executor, LocalExecutor
 from harness.fidelity import FidelityProbe
 from harness.isolation import run_isolated
 from harness.measure import flops_pass, hyper_peak_bytes, memory_pass, time_pass
@@ -66,7 +70,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     out.update(memory_pass(probe, device))
     out.update(flops_pass(probe))
     probe.check_finite()
-    out.update(probe.problem.describe())
+    out.update(probe.problem.describe(), batch_size=probe.batch_samples())
     del probe
 
     peak = hyper_peak_bytes(out)
@@ -86,9 +90,10 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     out["curve"] = curve.finish(trainer, metrics)
     if not math.isfinite(metrics["final_val_loss"]):
         raise Diverged(f"final validation loss is {metrics['final_val_loss']}")
-    extra = {k: v for k, v in metrics.items() if k not in ("test_accuracy", "final_val_loss")}
-    out.update(test_accuracy=metrics["test_accuracy"], final_val_loss=metrics["final_val_loss"],
-               metrics=json.dumps(extra, sort_keys=True), status="ok", error="")
+    columns = ("test_accuracy", "test_accuracy_ci95", "final_val_loss")
+    extra = {k: v for k, v in metrics.items() if k not in columns}
+    out.update({k: metrics.get(k) for k in columns}, metrics=json.dumps(extra, sort_keys=True),
+               status="ok", error="")
     return out
 
 
@@ -110,34 +115,63 @@ def execute_cell(cell: Cell) -> dict[str, Any]:
         return {"status": _status(exc), "error": f"{type(exc).__name__}: {exc}{where}"}
 
 
+def identity(cell: Cell) -> dict[str, Any]:
+    """The columns that say which cell a row is, and its settings."""
+    return {"suite": cell.suite, "workload": cell.workload, "backbone": cell.backbone,
+            "estimator": cell.estimator, "params": cell.params_json, "seed": cell.seed,
+            "device": cell.device, "warmup_steps": cell.warmup_steps, "timed_steps": cell.timed_steps,
+            "train_steps": cell.train_steps, "hyper_every": cell.hyper_every, "curve_points": cell.curve_points,
+            "timeout_s": cell.timeout_s, "memory_budget_bytes": cell.memory_budget_bytes or None}
+
+
 def cell_row(cell: Cell, isolate: bool = True, run_info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One results row for a cell, run in its own process unless `isolate` is False."""
-    row: dict[str, Any] = {
-        "suite": cell.suite, "workload": cell.workload, "backbone": cell.backbone,
-        "estimator": cell.estimator, "params": cell.params_json, "seed": cell.seed,
-        "device": cell.device, "warmup_steps": cell.warmup_steps, "timed_steps": cell.timed_steps,
-        "train_steps": cell.train_steps, "hyper_every": cell.hyper_every, "curve_points": cell.curve_points,
-        "timeout_s": cell.timeout_s, "memory_budget_bytes": cell.memory_budget_bytes or None,
-        **(run_info or run_provenance()), "start_time": now_iso()}
+    """One results row for a cell, run in its own process unless `isolate` is False. Runs
+    where the cell runs (a Ray worker too), so host and times are that machine's."""
+    row: dict[str, Any] = {**identity(cell), **(run_info or run_provenance()),
+                           "hostname": socket.gethostname(), "start_time": now_iso()}
     start = time.perf_counter()
     row.update(run_isolated(execute_cell, cell, cell.timeout_s) if isolate else execute_cell(cell))
     row["wall_s"] = time.perf_counter() - start
     return row
 
 
+def shared_machine_cells(rows: list[dict[str, Any]]) -> list[int]:
+    """For each row, how many other cells ran on the same host while it ran (more than half a
+    second of overlap): its timings were taken on a shared machine when this is above 0."""
+    spans = []
+    for r in rows:
+        try:
+            start = datetime.fromisoformat(str(r["start_time"])).timestamp()
+            spans.append((r.get("hostname"), start, start + float(r["wall_s"])))
+        except (KeyError, TypeError, ValueError):
+            spans.append(None)
+    out = []
+    for i, a in enumerate(spans):
+        out.append(0 if a is None else sum(
+            1 for j, b in enumerate(spans)
+            if j != i and b is not None and b[0] == a[0] and min(a[2], b[2]) - max(a[1], b[1]) > 0.5))
+    return out
+
+
 def run_cells(cells: Iterable[Cell], out_dir: Path, done: list[dict[str, Any]] | None = None,
               isolate: bool = True,
               on_row: Callable[[dict[str, Any]], None] | None = None,
-              done_curves: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Run every cell after the rows in `done`, rewriting the results (and the training
-    curves) after each cell, so a killed run keeps every finished cell."""
+              done_curves: list[dict[str, Any]] | None = None,
+              executor: Executor | None = None) -> list[dict[str, Any]]:
+    """Run every cell after the rows in `done` on `executor` (default: here, one at a time),
+    rewriting the results (and the training curves) as each cell finishes, so a killed run
+    keeps every finished cell."""
     rows, curves = list(done or []), list(done_curves or [])
     info = run_provenance()
-    for cell in cells:
-        row = cell_row(cell, isolate, info)
+    executor = executor or LocalExecutor()
+    for cell, result in executor.run(cells, functools.partial(cell_row, isolate=isolate, run_info=info)):
+        row = result if isinstance(result, dict) else {
+            **identity(cell), **info, "status": "error", "error": f"the executor lost the cell: {result}"}
         key = dict(zip(CURVE_KEY, row_key(row)))
         curves += [{**key, **point} for point in row.pop("curve", None) or []]
         rows.append(row)
+        for r, n in zip(rows, shared_machine_cells(rows)):
+            r["shared_machine_cells"] = n
         write_curves(curves, out_dir)
         write_results(rows, out_dir)
         if on_row:

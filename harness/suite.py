@@ -16,6 +16,7 @@ import yaml
 from estimators import ESTIMATORS
 from harness.errors import ConfigError
 from harness.fidelity import resolve_spec as resolve_fidelity
+from harness.frontier import parse_sizes
 from harness.params import Param, resolve
 from workloads import WORKLOADS
 
@@ -41,7 +42,7 @@ SETTINGS: dict[str, Param] = {p.name: p for p in (
     Param("memory_budget_bytes", int, 0, "a hyper-step peaking above this is an `oom` row (0: no budget)",
           check=lambda v: v >= 0, check_doc=">= 0"),
 )}
-TOP_KEYS = {*SETTINGS, "seeds", "workloads", "estimators", "fidelity"}
+TOP_KEYS = {*SETTINGS, "seeds", "workloads", "estimators", "fidelity", "memory_frontier"}
 
 
 @dataclass(frozen=True)
@@ -147,19 +148,22 @@ def build_suite(raw: Any, source: str = "<suite>") -> Suite:
     settings = resolve(list(SETTINGS.values()), {k: raw[k] for k in SETTINGS if k in raw}, "suite")
     seeds = _seeds(raw)
     fidelity = resolve_fidelity(raw.get("fidelity"))
+    parse_sizes(raw.get("memory_frontier"), "suite.memory_frontier")  # read by the report
 
     workload_variants = []
     for i, e in enumerate(_entries(raw, "workloads")):
         where = f"workloads[{i}]"
         _check_keys(e, {"name", "backbone", "params"}, where)
         workload = WORKLOADS.get(e["name"], f"{where}.name")
-        backbones = e.get("backbone", workload.backbones[0])
-        for b in backbones if isinstance(backbones, list) else [backbones]:
-            if b not in workload.backbones:
-                raise ConfigError(f"{where}.backbone: {b!r} is not a backbone of {workload.name} "
-                                  f"(known: {', '.join(workload.backbones)})")
-            for p in _product(_mapping(e.get("params"), f"{where}.params")):
-                workload_variants.append((workload.name, b, resolve(workload.params, p, f"{where}.params")))
+        for p in _product(_mapping(e.get("params"), f"{where}.params")):
+            params = resolve(workload.params, p, f"{where}.params")
+            workload.validate(params, f"{where}.params")
+            backbones = e.get("backbone", workload.default_backbone(params))
+            for b in backbones if isinstance(backbones, list) else [backbones]:
+                if b not in workload.backbones:
+                    raise ConfigError(f"{where}.backbone: {b!r} is not a backbone of {workload.name} "
+                                      f"(known: {', '.join(workload.backbones)})")
+                workload_variants.append((workload.name, b, params))
 
     estimator_variants = []
     for i, e in enumerate(_entries(raw, "estimators")):

@@ -25,6 +25,7 @@ train_steps: 4
 warmup_steps: 1
 timed_steps: 2
 curve_points: 2
+memory_frontier: [1GB, 2GB]
 fidelity: {{checkpoints: 1, reference_T: 2, draws: 1}}
 workloads:
   - name: mwn
@@ -54,7 +55,8 @@ def run_dir(tmp_path_factory) -> Path:
 def test_run_writes_report_summary_and_figures(run_dir):
     for name in ("report.html", "summary.csv", "curves.csv", "results.csv"):
         assert (run_dir / name).stat().st_size > 0, name
-    for fig in ("cost_by_backbone", "cost_vs_depth", "accuracy_vs_cost", "fidelity_vs_cost", "training_curves"):
+    for fig in ("cost_by_backbone", "cost_vs_depth", "accuracy_vs_cost", "fidelity_vs_cost", "training_curves",
+                "memory_frontier"):
         for ext in ("png", "pdf"):
             assert (run_dir / "figures" / f"{fig}.{ext}").stat().st_size > 1000, (fig, ext)
     table = pd.read_csv(run_dir / "summary.csv")
@@ -64,8 +66,12 @@ def test_run_writes_report_summary_and_figures(run_dir):
     unroll = table[(table["variant"] == "unroll(backend=func)")]
     assert (unroll["time_x_ref"] == 1.0).all() and (unroll["reference"] == "unroll(backend=func)").all()
     page = (run_dir / "report.html").read_text()
-    assert page.count("<svg") == 5 and "<h3>mwn / resnet18</h3>" in page
+    assert page.count("<svg") == 6 and "<h3>mwn / resnet18</h3>" in page
     assert "RuntimeError: boom" in page  # the failed cell's error is shown
+    front = pd.read_csv(run_dir / "frontier.csv")
+    assert len(front) == 4 * 2  # the 4 finished variants x 2 budgets
+    assert set(front["backbone"].dropna()) <= {"resnet10", "resnet18"}
+    assert "<h2>Memory frontier</h2>" in page
 
 
 def test_curves_hold_every_cell_at_each_evaluation(run_dir):
@@ -109,7 +115,7 @@ def test_report_renders_in_headless_chromium_without_errors(run_dir):
         problems = page.problems()
     assert problems == []
     assert EVIL in title  # the suite name arrives as text, not as markup
-    assert len(figures) == 5
+    assert len(figures) == 6
     for fig in figures:
         assert fig["w"] > 100 and fig["h"] > 100 and fig["drawn"] > 20, fig
 

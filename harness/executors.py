@@ -1,0 +1,117 @@
+"""Where cells run: this machine, one at a time or `--jobs N` at once, or a Ray cluster.
+
+An executor takes cells and yields their results rows as they finish (in any order); the
+runner writes each row to the results store at once, so whichever way cells run, a
+finished cell is never lost. Every cell still runs in its own fresh process
+(`harness.isolation`): on Ray, the task's worker forks it.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from harness.errors import ConfigError
+from harness.registry import Registry
+from harness.suite import Cell
+
+RowFn = Callable[[Cell], dict[str, Any]]
+EXECUTORS: Registry[Callable[..., "Executor"]] = Registry("executor")
+
+
+class Executor:
+    name: str
+
+    def run(self, cells: Iterable[Cell], row: RowFn) -> Iterator[tuple[Cell, dict[str, Any] | Exception]]:
+        """(cell, its row) as cells finish; an exception in place of the row when the
+        machinery (not the cell, which makes its own failure rows) lost it."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+@EXECUTORS.register("local")
+@dataclass
+class LocalExecutor(Executor):
+    """`jobs` cells at once on this machine (default 1: timings need the machine alone)."""
+    jobs: int = 1
+    name: str = "local"
+
+    def run(self, cells, row):
+        if self.jobs == 1:
+            for cell in cells:
+                yield cell, row(cell)
+            return
+        queue = list(cells)
+        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="hgbench-cell") as pool:
+            pending = {}
+            while queue or pending:
+                while queue and len(pending) < self.jobs:
+                    cell = queue.pop(0)
+                    pending[pool.submit(row, cell)] = cell
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    cell = pending.pop(future)
+                    exc = future.exception()
+                    yield cell, exc if exc is not None else future.result()
+
+
+def _ray_cell(row: RowFn, cell: Cell, plugins: str) -> dict[str, Any]:
+    """Runs in a Ray worker: the driver's plugins, then the cell in its own process."""
+    from harness.plugins import ENV
+
+    os.environ[ENV] = plugins
+    return row(cell)
+
+
+@EXECUTORS.register("ray")
+@dataclass
+class RayExecutor(Executor):
+    """Each cell a Ray task (`num_gpus=1` for CUDA cells, `cpus_per_cell` CPUs otherwise);
+    rows come back to the driver as tasks finish. `address` None starts a local Ray."""
+    address: str | None = None
+    cpus_per_cell: float = 0.0  # 0: all of this machine's CPUs, so a same-size node runs one cell at a time
+    name: str = "ray"
+
+    def __post_init__(self):
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("--executor ray: Ray is not installed; `pip install -e .[ray]` "
+                              "(make setup does)") from None
+        self._ray = ray
+        self._started = False
+        if not ray.is_initialized():
+            try:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+            except (ConnectionError, ValueError, RuntimeError) as e:
+                raise ConfigError(f"--ray-address {self.address}: cannot connect to Ray ({e}); "
+                                  "start a head with `ray start --head`") from None
+            self._started = True
+        self.cpus = self.cpus_per_cell or float(os.cpu_count() or 1)
+
+    def run(self, cells, row):
+        from harness.plugins import plugin_spec
+
+        ray = self._ray
+        task = ray.remote(_ray_cell)
+        pending = {}
+        for cell in cells:
+            options = {"num_gpus": 1, "num_cpus": 1} if cell.device == "cuda" else {"num_cpus": self.cpus}
+            pending[task.options(**options, max_retries=0).remote(row, cell, plugin_spec())] = cell
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                cell = pending.pop(ref)
+                try:
+                    yield cell, ray.get(ref)
+                except ray.exceptions.RayError as e:  # the worker itself died
+                    yield cell, RuntimeError(f"Ray task failed: {type(e).__name__}: "
+                                             f"{(str(e).splitlines() or [''])[0]}")
+
+    def close(self) -> None:
+        if self._started:
+            self._ray.shutdown()
