@@ -60,23 +60,14 @@ def make_executor(args: argparse.Namespace):
     return EXECUTORS.get("local")(jobs=args.jobs)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    import pandas as pd
+def _run_into(args: argparse.Namespace, suite, out_dir: Path, executor) -> list[dict]:
+    """Prepare `out_dir` (refusing foreign or unrequested existing results), run the cells it
+    lacks, and return every row."""
     from tqdm import tqdm
 
-    from harness.plugins import load_plugins
-    from harness.report import Reference, load_run, write_report
-    from harness.results import read_curves, read_results, row_key, summary_frame, to_frame
-    from harness.runner import resolve_device, run_cells
-    from harness.suite import find_suite, load_suite
+    from harness.results import read_curves, read_results, row_key
+    from harness.runner import run_cells
 
-    load_plugins()
-    suite = load_suite(find_suite(args.suite), args.set or [])
-    resolve_device(suite.settings["device"])
-    if args.resume and not args.out:
-        raise ConfigError("--resume needs --out DIR: the folder of the run to continue")
-    out_dir = Path(args.out) if args.out else _default_out()
-    _check_download_paths(suite, out_dir)
     _prepare_out(out_dir)
     existing = read_results(out_dir)
     if existing is not None and not args.resume:
@@ -92,17 +83,39 @@ def cmd_run(args: argparse.Namespace) -> int:
           file=sys.stderr)
 
     bar = tqdm(total=len(todo), unit="cell", file=sys.stderr, disable=args.quiet)
+
     def progress(row):
         bar.set_postfix_str(f"{row['workload']}/{row['estimator']}: {row['status']}")
         bar.update()
     curves = read_curves(out_dir).to_dict("records") if existing is not None else []
-    executor = make_executor(args)
     try:
-        rows = run_cells(todo, out_dir, done=done, isolate=not args.in_process, on_row=progress,
+        return run_cells(todo, out_dir, done=done, isolate=not args.in_process, on_row=progress,
                          done_curves=[c for c in curves if row_key(c) in finished], executor=executor)
     finally:
+        bar.close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from harness.plugins import load_plugins
+    from harness.report import Reference, load_run, write_report
+    from harness.results import summary_frame, to_frame
+    from harness.runner import resolve_device
+    from harness.suite import find_suite, load_suite
+
+    load_plugins()
+    suite = load_suite(find_suite(args.suite), args.set or [])
+    resolve_device(suite.settings["device"])
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out DIR: the folder of the run to continue")
+    out_dir = Path(args.out) if args.out else _default_out()
+    _check_download_paths(suite, out_dir)
+    executor = make_executor(args)  # (a bad executor option or Ray address: before any write)
+    try:
+        rows = _run_into(args, suite, out_dir, executor)
+    finally:
         executor.close()
-    bar.close()
 
     df = to_frame(rows)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 40):

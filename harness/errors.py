@@ -2,7 +2,14 @@
 
 
 class ConfigError(ValueError):
-    """A suite, parameter or command-line value is wrong; the message names the field."""
+    """A suite, parameter or command-line value is wrong; the message names the field.
+
+    Messages often quote what a library said (YAML's reader, torchvision), which may span
+    lines: the message is folded onto one line so the CLI's error stays one line.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
 
 
 class Diverged(RuntimeError):

@@ -58,6 +58,18 @@ class LocalExecutor(Executor):
                     yield cell, exc if exc is not None else future.result()
 
 
+def _reachable(address: str, timeout_s: float = 5.0) -> None:
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--ray-address {address}: cannot connect to Ray ({e}); start a head with "
+                          "`ray start --head` and give its HOST:PORT") from None
+
+
 def _ray_cell(row: RowFn, cell: Cell, plugins: str) -> dict[str, Any]:
     """Runs in a Ray worker: the driver's plugins, then the cell in its own process."""
     from harness.plugins import ENV
@@ -83,6 +95,8 @@ class RayExecutor(Executor):
                               "(make setup does)") from None
         self._ray = ray
         self._started = False
+        if self.address and ":" in self.address and "://" not in self.address:
+            _reachable(self.address)  # ray.init would retry an unreachable head for minutes
         if not ray.is_initialized():
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
@@ -91,7 +105,14 @@ class RayExecutor(Executor):
                 raise ConfigError(f"--ray-address {self.address}: cannot connect to Ray ({e}); "
                                   "start a head with `ray start --head`") from None
             self._started = True
-        self.cpus = self.cpus_per_cell or float(os.cpu_count() or 1)
+        # A request no node can meet would wait forever: fit the default to the largest node.
+        largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+        if self.cpus_per_cell and self.cpus_per_cell > largest:
+            self.close()
+            raise ConfigError(f"--cpus-per-cell {self.cpus_per_cell:g}: no Ray node has that many CPUs "
+                              f"(largest: {largest:g})")
+        self.cpus = self.cpus_per_cell or min(float(os.cpu_count() or 1), largest or 1.0)
+        self.gpus = ray.cluster_resources().get("GPU", 0.0)
 
     def run(self, cells, row):
         from harness.plugins import plugin_spec
@@ -99,6 +120,9 @@ class RayExecutor(Executor):
         ray = self._ray
         task = ray.remote(_ray_cell)
         pending = {}
+        cells = list(cells)
+        if any(c.device == "cuda" for c in cells) and self.gpus < 1:
+            raise ConfigError("device: cuda cells need a GPU, and the Ray cluster has none")
         for cell in cells:
             options = {"num_gpus": 1, "num_cpus": 1} if cell.device == "cuda" else {"num_cpus": self.cpus}
             pending[task.options(**options, max_retries=0).remote(row, cell, plugin_spec())] = cell

@@ -6,6 +6,7 @@ documentation cannot drift from what the code accepts.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -32,7 +33,12 @@ class Param:
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif self.type is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            value = float(value) if ok else value
+            try:
+                value = float(value) if ok else value
+            except OverflowError:
+                ok = False
+            if ok and not math.isfinite(value):
+                raise ConfigError(f"{where}: {value!r} must be a finite number")
         else:
             ok = isinstance(value, self.type)
         if not ok:

@@ -113,9 +113,11 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     out["peak_mb"] = out["peak_alloc_bytes"].where(cuda, out["peak_rss_delta_bytes"]) / 2 ** 20
     out["graph_mb"] = out["graph_bytes"] / 2 ** 20
     out["gflops"] = out["hyper_flops"] / 1e9
-    # Synthetic data measures cost only: its accuracy means nothing and is not reported.
+    # Synthetic data, or no meta-training (train_steps 0), measures cost only: the accuracy
+    # of an untrained model or of random labels means nothing and is not reported.
     out["synthetic"] = out["synthetic"].astype(str).str.lower().isin(["true", "1", "1.0"])
-    out.loc[out["synthetic"], "test_accuracy"] = math.nan
+    cost_only = out["synthetic"] | (pd.to_numeric(out["train_steps"], errors="coerce") == 0)
+    out.loc[cost_only, "test_accuracy"] = math.nan
     # Timings taken while other cells ran on the same host (--jobs, Ray) are flagged.
     out["timing_shared"] = pd.to_numeric(out["shared_machine_cells"], errors="coerce").fillna(0) > 0
     return out
@@ -234,6 +236,13 @@ def _at_a_glance(table: pd.DataFrame) -> str:
     items = []
     for (workload, backbone), g in table.groupby(["workload", "backbone"], sort=False):
         ok = g[(g["status"] == "ok") & g["acc_mean"].notna() & g["hyper_ms"].notna()]
+        learners = g[(g["status"] == "ok") & (g["flops_x_plain"] > 0)]  # not `plain`
+        if ok.empty and not learners.empty:  # cost only: the cheapest hypergradients
+            fast, small = (learners.loc[learners[c].idxmin()] for c in ("hyper_ms", "peak_mb"))
+            items.append(f"<li><b>{_e(workload)} / {_e(backbone)}</b> (cost only): fastest "
+                         f"{_e(fast['variant'])} ({_num(fast['time_x_plain'])}x plain, "
+                         f"{_num(fast['hyper_ms'])} ms); smallest {_e(small['variant'])} "
+                         f"({_num(small['mem_x_plain'])}x plain, {_num(small['peak_mb'])} MB)</li>")
         if ok.empty:
             continue
         best = ok.loc[ok["acc_mean"].idxmax()]
@@ -407,8 +416,8 @@ measured column: results.csv.</p>
 <i>x plain</i>: the hyper-step's time, peak memory and FLOPs over a plain forward and
 backward of the same batch. <i>x ref</i>: over the reference estimator's ({_e(reference)}).
 Peak MB: on CUDA the allocator's peak, on the CPU the rise in resident memory. Accuracy:
-mean over seeds ± 95% confidence half-width (Student t); none for synthetic data, which
-measures cost only. Failed cells are shown with their status, in red.</p>
+mean over seeds ± 95% confidence half-width (Student t); none for synthetic data or without
+meta-training (train_steps 0), which measure cost only. Failed cells are shown with their status, in red.</p>
 {_cost_tables(table, reference)}
 {_frontier_section(front)}
 <h2>Cells that did not finish</h2>{_failures(prepared)}

@@ -2,6 +2,8 @@
 atomically (temporary file, then rename) after every cell."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -114,7 +116,23 @@ def read_results(out_dir: Path) -> pd.DataFrame | None:
     if df[IDENTITY[1:] + ["status"]].isna().any().any() or not df["status"].isin(STATUSES).all():
         raise ConfigError(f"{path}: damaged (a row lacks its cell or status; truncated?); "
                           "move it away or choose another --out")
+    short = _short_record(path)
+    if short is not None:
+        raise ConfigError(f"{path}: damaged (record {short} has fewer fields than the header, or the "
+                          "file stops mid-row: truncated?); move it away or choose another --out")
     return df
+
+
+def _short_record(path: Path) -> int | None:
+    """The first record (1 = the first data row) that is cut short, if any. pandas pads a
+    short last row with empty values, which would silently lose its measurements."""
+    text = path.read_text(encoding="utf-8")
+    records = list(csv.reader(io.StringIO(text)))
+    width = len(records[0]) if records else 0
+    for i, record in enumerate(records[1:], start=1):
+        if len(record) != width:
+            return i
+    return len(records) - 1 if records and not text.endswith("\n") else None
 
 
 def row_key(row: Mapping[str, Any]) -> tuple:

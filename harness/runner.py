@@ -135,22 +135,26 @@ def cell_row(cell: Cell, isolate: bool = True, run_info: dict[str, Any] | None =
     return row
 
 
-def shared_machine_cells(rows: list[dict[str, Any]]) -> list[int]:
-    """For each row, how many other cells ran on the same host while it ran (more than half a
-    second of overlap): its timings were taken on a shared machine when this is above 0."""
-    spans = []
+def _span(row: dict[str, Any]) -> tuple[Any, float, float] | None:
+    try:
+        start = datetime.fromisoformat(str(row["start_time"])).timestamp()
+        return row.get("hostname"), start, start + float(row["wall_s"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def count_shared_machine(rows: list[dict[str, Any]], new: dict[str, Any]) -> None:
+    """Add `new` to the counts of cells that ran on the same host at the same time (more than
+    half a second of overlap): a row's timings were taken on a shared machine when its
+    `shared_machine_cells` is above 0. Linear in the rows, so a sweep stays quadratic."""
+    new["shared_machine_cells"] = 0
+    a = _span(new)
     for r in rows:
-        try:
-            start = datetime.fromisoformat(str(r["start_time"])).timestamp()
-            spans.append((r.get("hostname"), start, start + float(r["wall_s"])))
-        except (KeyError, TypeError, ValueError):
-            spans.append(None)
-    out = []
-    for i, a in enumerate(spans):
-        out.append(0 if a is None else sum(
-            1 for j, b in enumerate(spans)
-            if j != i and b is not None and b[0] == a[0] and min(a[2], b[2]) - max(a[1], b[1]) > 0.5))
-    return out
+        b = _span(r) if a is not None and r is not new else None
+        if b is not None and b[0] == a[0] and min(a[2], b[2]) - max(a[1], b[1]) > 0.5:
+            before = r.get("shared_machine_cells")
+            r["shared_machine_cells"] = (0 if before is None or before != before else int(before)) + 1
+            new["shared_machine_cells"] += 1
 
 
 def run_cells(cells: Iterable[Cell], out_dir: Path, done: list[dict[str, Any]] | None = None,
@@ -169,9 +173,8 @@ def run_cells(cells: Iterable[Cell], out_dir: Path, done: list[dict[str, Any]] |
             **identity(cell), **info, "status": "error", "error": f"the executor lost the cell: {result}"}
         key = dict(zip(CURVE_KEY, row_key(row)))
         curves += [{**key, **point} for point in row.pop("curve", None) or []]
+        count_shared_machine(rows, row)
         rows.append(row)
-        for r, n in zip(rows, shared_machine_cells(rows)):
-            r["shared_machine_cells"] = n
         write_curves(curves, out_dir)
         write_results(rows, out_dir)
         if on_row:

@@ -137,8 +137,8 @@ def _check_keys(entry: Mapping, allowed: set[str], where: str) -> None:
 def _seeds(raw: dict) -> list[int]:
     seeds = raw.get("seeds", [0])
     seeds = seeds if isinstance(seeds, list) else [seeds]
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise ConfigError(f"seeds: expected non-negative integers, got {raw.get('seeds')!r}")
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2 ** 31 for s in seeds):
+        raise ConfigError(f"seeds: expected integers in [0, 2**31), got {raw.get('seeds')!r}")
     return seeds
 
 

@@ -77,7 +77,7 @@ BAD = [
     ("workloads: [toy1d]\nestimators: [plain]\ntrain_step: 5", "suite.train_step", "unknown key"),
     ("workloads: [toy1d]\nestimators: [plain]\ntimed_steps: 0", "suite.timed_steps", ">= 1"),
     ("workloads: [toy1d]\nestimators: [plain]\ndevice: tpu", "suite.device", "not one of"),
-    ("workloads: [toy1d]\nestimators: [plain]\nseeds: [a]", "seeds", "non-negative integers"),
+    ("workloads: [toy1d]\nestimators: [plain]\nseeds: [a]", "seeds", "integers in [0, 2**31)"),
     ("workloads: toy1d\nestimators: [plain]", "workloads", "non-empty list"),
     ("estimators: [plain]", "workloads", "non-empty list"),
     ("workloads: [toy1d]\nestimators: [{name: unroll, params: {T: []}}]", "params.T", "empty list"),

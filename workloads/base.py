@@ -6,8 +6,9 @@ build functional copies (`torch.func.functional_call`) and never touch the real 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -98,6 +99,29 @@ class BilevelProblem(ABC):
         """Facts for the results row (parameter counts, ...)."""
         n = lambda d: sum(t.numel() for t in d.values())
         return {"n_params": n(self.weights), "n_hparams": n(self.hparams), "synthetic": self.synthetic}
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """The model in eval mode (BatchNorm running statistics, FT layers off), then as before."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def classification_scores(logits: Callable[[Tensor], Tensor], x: Tensor, y: Tensor,
+                          chunk: int = 512) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `logits` over a whole split, in chunks."""
+    loss, correct = 0.0, 0
+    for i in range(0, len(y), chunk):
+        out = logits(x[i:i + chunk])
+        loss += float(torch.nn.functional.cross_entropy(out, y[i:i + chunk], reduction="sum"))
+        correct += int((out.argmax(1) == y[i:i + chunk]).sum())
+    return loss / len(y), correct / len(y)
 
 
 class Workload(ABC):

@@ -27,7 +27,7 @@ from torch.func import functional_call
 from harness.errors import ConfigError
 from harness.params import Param, positive
 from workloads.backbones import BACKBONES, STEMS, FeatureWiseTransform
-from workloads.base import HYPER_OPTIMISER_NAMES, BilevelProblem, HyperOptim, InnerOptim, Workload
+from workloads.base import HYPER_OPTIMISER_NAMES, BilevelProblem, HyperOptim, InnerOptim, Workload, eval_mode
 from workloads.datasets import check_folder, synthetic_split
 from workloads.episodes import (DIGIT_DOMAINS, DomainPairs, EpisodeShape, EpisodeStream, TensorDomain,
                                 FolderDomain, digit_domains, sample_episode)
@@ -148,17 +148,13 @@ class LFTProblem(BilevelProblem):
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        was_training = self.model.training
-        self.model.eval()  # FT layers are off in eval mode
-        try:
+        with eval_mode(self.model):  # FT layers are off in eval mode
             val = [float(relation_loss(*self.model(*ep)))
                    for ep in self._episodes(self.train_domains, self.p["val_episodes"], 1)]
             accs = []
             for ep in self._episodes([self.p["test_domain"]], self.p["test_episodes"], 2):
                 scores, labels = self.model(*ep)
                 accs.append(float((scores.argmax(1) == labels).float().mean()))
-        finally:
-            self.model.train(was_training)
         acc = torch.tensor(accs, dtype=torch.float64)
         ci = 1.96 * float(acc.std()) / math.sqrt(len(accs)) if len(accs) > 1 else float("nan")
         ft = torch.cat([F.softplus(v.detach()).flatten() for v in self.hparams.values()])

@@ -19,7 +19,8 @@ from torch.func import functional_call
 
 from harness.params import Param, positive
 from workloads.backbones import BACKBONES, STEMS
-from workloads.base import HYPER_OPTIMISER_NAMES, BilevelProblem, HyperOptim, InnerOptim, Workload
+from workloads.base import (HYPER_OPTIMISER_NAMES, BilevelProblem, HyperOptim, InnerOptim, Workload,
+                            classification_scores, eval_mode)
 from workloads.data import NOISE_KINDS, BatchStream, Split, corrupt_labels, load_digits_images, stratified_split
 from workloads.datasets import CIFAR, check_cifar, load_cifar, synthetic_split
 
@@ -107,24 +108,11 @@ class MWNProblem(BilevelProblem):
         x, y = batch
         return F.cross_entropy(self.logits(weights, buffers, x), y)
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            def scores(split: Split) -> tuple[float, float]:
-                loss, correct = 0.0, 0
-                for i in range(0, len(split), 512):
-                    x, y = split.x[i:i + 512], split.y[i:i + 512]
-                    out = self.logits(self.weights, self.buffers, x)
-                    loss += float(F.cross_entropy(out, y, reduction="sum"))
-                    correct += int((out.argmax(1) == y).sum())
-                return loss / len(split), correct / len(split)
-
-            val_loss, val_acc = scores(self.meta_split)
-            _, test_acc = scores(self.test_split)
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model):
+            logits = lambda x: self.logits(self.weights, self.buffers, x)
+            val_loss, val_acc = classification_scores(logits, self.meta_split.x, self.meta_split.y)
+            _, test_acc = classification_scores(logits, self.test_split.x, self.test_split.y)
         return {"final_val_loss": val_loss, "test_accuracy": test_acc, "val_accuracy": val_acc,
                 "noisy_fraction": self.noisy_fraction}
 

@@ -21,7 +21,8 @@ from torch.func import functional_call
 
 from harness.params import Param, positive
 from workloads.backbones import BACKBONES
-from workloads.base import HYPER_OPTIMISER_NAMES, BilevelProblem, HyperOptim, InnerOptim, Workload
+from workloads.base import (HYPER_OPTIMISER_NAMES, BilevelProblem, HyperOptim, InnerOptim, Workload,
+                            classification_scores, eval_mode)
 from workloads.data import BatchStream, Split, stratified_split
 from workloads.datasets import MNIST_LIKE, check_mnist, load_mnist
 
@@ -96,19 +97,11 @@ class RotationProblem(BilevelProblem):
         x, y = batch
         return F.cross_entropy(self.logits(weights, buffers, x), y)
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            def scores(split: Split) -> tuple[float, float]:
-                out = torch.cat([self.logits(self.weights, self.buffers, split.x[i:i + 1024])
-                                 for i in range(0, len(split), 1024)])
-                return float(F.cross_entropy(out, split.y)), float((out.argmax(1) == split.y).float().mean())
-            val_loss, val_acc = scores(self.val_split)
-            _, test_acc = scores(self.test_split)
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model):
+            logits = lambda x: self.logits(self.weights, self.buffers, x)
+            val_loss, val_acc = classification_scores(logits, self.val_split.x, self.val_split.y)
+            _, test_acc = classification_scores(logits, self.test_split.x, self.test_split.y)
         return {"test_accuracy": test_acc, "final_val_loss": val_loss, "val_accuracy": val_acc,
                 "learned_angle_deg": float(self.hparams["angle"].detach())}
 
