@@ -63,6 +63,9 @@ def positive(name: str, type_: type, default: Any, doc: str = "") -> Param:
 def resolve(specs: Sequence[Param], given: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
     """Defaults overlaid with `given`, each value checked; unknown names are errors."""
     given = dict(given or {})
+    for key in given:
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: parameter names must be strings, got {key!r}")
     by_name = {p.name: p for p in specs}
     unknown = sorted(set(given) - set(by_name))
     if unknown:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.errors import ConfigError
-from harness.suite import build_suite, find_suite, load_suite
+from harness.suite import TOP_KEYS, build_suite, find_suite, load_suite
 
 EXAMPLES = int(os.environ.get("HGBENCH_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
@@ -92,7 +92,7 @@ def test_a_valid_suite_with_one_value_replaced_is_a_suite_or_an_error_naming_it(
 
 
 @FUZZ
-@given(key=st.text(min_size=1, max_size=12).filter(lambda k: k not in BASE))
+@given(key=st.text(min_size=1, max_size=12).filter(lambda k: k not in TOP_KEYS))
 def test_unknown_top_level_keys_are_rejected(key):
     raw = dict(BASE, **{key: 1})
     try:
@@ -122,6 +122,13 @@ def test_report_fuzz_counts():
     """Runs last in this module: prints how many inputs the loader took (pytest -s)."""
     print(f"\nfuzzed suite inputs: {sum(OUTCOMES.values())} ({dict(OUTCOMES)})")
     assert not OUTCOMES or sum(OUTCOMES.values()) >= 3 * EXAMPLES
+
+
+def test_non_string_parameter_names_are_refused():
+    """Found by the fuzzer: a mapping with an integer key crashed the sort of unknown names."""
+    import pytest
+    with pytest.raises(ConfigError, match="suite.fidelity: parameter names must be strings"):
+        build_suite(_replace(BASE, ("fidelity",), {"": None, 0: None}))
 
 
 def test_non_finite_numbers_and_huge_seeds_are_refused():
