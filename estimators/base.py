@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
-from torch import Tensor
 
 from harness.params import Param
 from workloads.base import BilevelProblem, TensorDict

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-from dataclasses import dataclass
 from typing import Any
 
 import torch

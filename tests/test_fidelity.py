@@ -1,7 +1,6 @@
 """Fidelity columns mean what they say, and measuring them changes nothing in training."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import yaml

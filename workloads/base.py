@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from harness.params import Param
 
@@ -122,6 +123,26 @@ def classification_scores(logits: Callable[[Tensor], Tensor], x: Tensor, y: Tens
         loss += float(torch.nn.functional.cross_entropy(out, y[i:i + chunk], reduction="sum"))
         correct += int((out.argmax(1) == y[i:i + chunk]).sum())
     return loss / len(y), correct / len(y)
+
+
+class ClassifierProblem(BilevelProblem):
+    """A problem whose model classifies images, validated by plain cross-entropy: the
+    functional logits, the validation loss, and loss/accuracy over whole splits."""
+
+    def logits(self, weights: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(self.model, (dict(weights), dict(buffers)), (x,))
+
+    def val_loss(self, weights, buffers, hparams, batch) -> Tensor:
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self.logits(weights, buffers, x), y)
+
+    def split_metrics(self, val: Any, test: Any) -> dict[str, float]:
+        """`final_val_loss`, `val_accuracy` and `test_accuracy` of the real model, in eval mode."""
+        with eval_mode(self.model):
+            logits = lambda x: self.logits(self.weights, self.buffers, x)
+            val_loss, val_acc = classification_scores(logits, val.x, val.y)
+            _, test_acc = classification_scores(logits, test.x, test.y)
+        return {"final_val_loss": val_loss, "test_accuracy": test_acc, "val_accuracy": val_acc}
 
 
 class Workload(ABC):

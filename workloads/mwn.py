@@ -19,8 +19,8 @@ from torch.func import functional_call
 
 from harness.params import Param, positive
 from workloads.backbones import BACKBONES, STEMS
-from workloads.base import (HYPER_OPTIMISER_NAMES, BilevelProblem, HyperOptim, InnerOptim, Workload,
-                            classification_scores, eval_mode)
+from workloads.base import (HYPER_OPTIMISER_NAMES, BilevelProblem, ClassifierProblem, HyperOptim, InnerOptim,
+                            Workload)
 from workloads.data import NOISE_KINDS, BatchStream, Split, corrupt_labels, load_digits_images, stratified_split
 from workloads.datasets import CIFAR, check_cifar, load_cifar, synthetic_split
 
@@ -73,7 +73,7 @@ def make_splits(p: Mapping[str, Any], seed: int) -> dict[str, Split]:
             "meta": Split(x[meta_idx], y[meta_idx]), "test": test}
 
 
-class MWNProblem(BilevelProblem):
+class MWNProblem(ClassifierProblem):
     def __init__(self, p: Mapping[str, Any], backbone: str, seed: int, device: torch.device):
         splits = {k: v.to(device) for k, v in make_splits(p, seed).items()}
         self.train_split, self.meta_split, self.test_split = splits["train"], splits["meta"], splits["test"]
@@ -92,9 +92,6 @@ class MWNProblem(BilevelProblem):
         self.val_stream = BatchStream(self.meta_split, p["val_batch_size"] or p["batch_size"],
                                       seed=seed * 7919 + 2)
 
-    def logits(self, weights, buffers, x: Tensor) -> Tensor:
-        return functional_call(self.model, (dict(weights), dict(buffers)), (x,))
-
     def sample_weights(self, hparams, losses: Tensor) -> Tensor:
         w = functional_call(self.vnet, dict(hparams), (losses.detach(),))
         return w / w.sum()
@@ -104,17 +101,8 @@ class MWNProblem(BilevelProblem):
         losses = F.cross_entropy(self.logits(weights, buffers, x), y, reduction="none")
         return (self.sample_weights(hparams, losses) * losses).sum()
 
-    def val_loss(self, weights, buffers, hparams, batch) -> Tensor:
-        x, y = batch
-        return F.cross_entropy(self.logits(weights, buffers, x), y)
-
     def evaluate(self) -> dict[str, float]:
-        with eval_mode(self.model):
-            logits = lambda x: self.logits(self.weights, self.buffers, x)
-            val_loss, val_acc = classification_scores(logits, self.meta_split.x, self.meta_split.y)
-            _, test_acc = classification_scores(logits, self.test_split.x, self.test_split.y)
-        return {"final_val_loss": val_loss, "test_accuracy": test_acc, "val_accuracy": val_acc,
-                "noisy_fraction": self.noisy_fraction}
+        return {**self.split_metrics(self.meta_split, self.test_split), "noisy_fraction": self.noisy_fraction}
 
 
 class MetaWeightNet(Workload):

@@ -17,12 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call
 
 from harness.params import Param, positive
 from workloads.backbones import BACKBONES
-from workloads.base import (HYPER_OPTIMISER_NAMES, BilevelProblem, HyperOptim, InnerOptim, Workload,
-                            classification_scores, eval_mode)
+from workloads.base import (HYPER_OPTIMISER_NAMES, BilevelProblem, ClassifierProblem, HyperOptim, InnerOptim,
+                            Workload)
 from workloads.data import BatchStream, Split, stratified_split
 from workloads.datasets import MNIST_LIKE, check_mnist, load_mnist
 
@@ -73,7 +72,7 @@ def make_splits(p: Mapping[str, Any], seed: int) -> dict[str, Split]:
                 "test": Split(rotate(test.x, fixed), test.y)}
 
 
-class RotationProblem(BilevelProblem):
+class RotationProblem(ClassifierProblem):
     def __init__(self, p: Mapping[str, Any], backbone: str, seed: int, device: torch.device):
         splits = {k: v.to(device) for k, v in make_splits(p, seed).items()}
         self.val_split, self.test_split = splits["val"], splits["test"]
@@ -86,23 +85,12 @@ class RotationProblem(BilevelProblem):
         self.train_stream = BatchStream(splits["train"], p["batch_size"], seed=seed * 7919 + 1)
         self.val_stream = BatchStream(self.val_split, p["batch_size"], seed=seed * 7919 + 2)
 
-    def logits(self, weights, buffers, x: Tensor) -> Tensor:
-        return functional_call(self.model, (dict(weights), dict(buffers)), (x,))
-
     def train_loss(self, weights, buffers, hparams, batch) -> Tensor:
         x, y = batch
         return F.cross_entropy(self.logits(weights, buffers, rotate(x, hparams["angle"])), y)
 
-    def val_loss(self, weights, buffers, hparams, batch) -> Tensor:
-        x, y = batch
-        return F.cross_entropy(self.logits(weights, buffers, x), y)
-
     def evaluate(self) -> dict[str, float]:
-        with eval_mode(self.model):
-            logits = lambda x: self.logits(self.weights, self.buffers, x)
-            val_loss, val_acc = classification_scores(logits, self.val_split.x, self.val_split.y)
-            _, test_acc = classification_scores(logits, self.test_split.x, self.test_split.y)
-        return {"test_accuracy": test_acc, "final_val_loss": val_loss, "val_accuracy": val_acc,
+        return {**self.split_metrics(self.val_split, self.test_split),
                 "learned_angle_deg": float(self.hparams["angle"].detach())}
 
 
