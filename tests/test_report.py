@@ -246,3 +246,19 @@ def test_foreign_json_is_refused(tmp_path, capsys):
     bad.write_text('{"benchmarks": [{"name": "x", "stats": {"median": 1}}]}')
     assert main(["report", str(bad)]) == 2
     assert "not one of hgbench's" in capsys.readouterr().err
+
+
+def test_budget_option_replaces_the_suites_frontier(run_dir, tmp_path):
+    assert main(["report", str(run_dir), "-o", str(tmp_path / "r"), "--budget", "3GB", "--budget", "10MiB"]) == 0
+    front = pd.read_csv(tmp_path / "r" / "frontier.csv")
+    assert sorted(set(front["budget_bytes"])) == [10 * 2 ** 20, 3 * 10 ** 9]
+    assert main(["report", str(run_dir), "-o", str(tmp_path / "bad"), "--budget", "lots"]) == 2
+
+
+def test_cost_only_rows_report_no_accuracy():
+    from harness.results import to_frame
+
+    rows = [{**r, "train_steps": 0} for r in _rows([0.1, 0.12])]
+    table = summary(prepare(to_frame(rows)), Reference.parse("unroll"))
+    assert table["acc_mean"].isna().all() and table["n_seeds"].eq(0).all()
+    assert summary(prepare(to_frame(_rows([0.1]))), Reference.parse("unroll"))["acc_mean"].notna().all()
