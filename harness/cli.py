@@ -99,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from harness.plugins import load_plugins
-    from harness.report import Reference, load_run, write_report
+    from harness.report import DEFAULT_REFERENCE, Reference, load_run, write_report
     from harness.results import summary_frame, to_frame
     from harness.runner import resolve_device
     from harness.suite import find_suite, load_suite
@@ -120,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     df = to_frame(rows)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 40):
         print(summary_frame(df).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    report = write_report(load_run(out_dir), out_dir, Reference.parse(args.reference))
+    report = write_report(load_run(out_dir), out_dir, Reference.parse(args.reference or DEFAULT_REFERENCE))
     print(f"\nresults: {out_dir / 'results.csv'}  report: {report}")
     failed = int((df["status"] != "ok").sum())
     if failed:
@@ -130,12 +130,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.report import Reference, load_run, write_report
-
     from harness.frontier import parse_size
+    from harness.report import DEFAULT_REFERENCE, Reference, load_run, write_report
 
     source = Path(args.source)
-    reference = Reference.parse(args.reference)
+    reference = Reference.parse(args.reference or DEFAULT_REFERENCE)
     budgets = sorted({parse_size(b, f"--budget {b}") for b in args.budget or []})
     run = load_run(source)
     out = Path(args.output) if args.output else (source if source.is_dir() else source.with_suffix(""))
@@ -224,7 +223,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--cpus-per-cell", type=float, default=0.0,
                      help="ray: CPUs each CPU cell reserves (default: as many as this machine has, "
                           "so a node like it times one cell at a time); CUDA cells take one GPU")
-    run.add_argument("--reference", default="unroll:T=1", metavar="NAME[:k=v,...]",
+    run.add_argument("--reference", default=None, metavar="NAME[:k=v,...]",
                      help="the report's reference estimator for x ref columns (default unroll:T=1)")
     run.set_defaults(func=cmd_run)
     rep = sub.add_parser("report", help="write report.html, summary.csv and figures/ for a run "
@@ -232,7 +231,7 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("source", help="a run folder (e.g. reports/latest) or a --benchmark-json file")
     rep.add_argument("-o", "--output", help="output folder (default: the run folder; for JSON, "
                                             "the file's name without .json)")
-    rep.add_argument("--reference", default="unroll:T=1", metavar="NAME[:k=v,...]",
+    rep.add_argument("--reference", default=None, metavar="NAME[:k=v,...]",
                      help="reference estimator for the x ref columns (default unroll:T=1)")
     rep.add_argument("--budget", action="append", metavar="SIZE",
                      help="a memory budget of the frontier (e.g. 8GB; repeat for several; "

@@ -7,7 +7,6 @@ saved three ways by the report: inline SVG for the page, PNG and PDF for papers.
 from __future__ import annotations
 
 import io
-from typing import Callable
 
 import matplotlib
 
@@ -214,5 +213,3 @@ def to_svg(fig: Figure) -> str:
 def close(fig: Figure) -> None:
     plt.close(fig)
 
-
-FigureFn = Callable[..., "Figure | None"]
