@@ -28,7 +28,7 @@ scaling: $(STAMP)
 
 # Benchmark of the harness's own timing overhead (ResNet18, unroll and evograd).
 overhead: $(STAMP)
-	$(PY) -m harness.overhead
+	$(PY) -m harness.run.overhead
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -8,7 +8,7 @@ from estimators.neumann import Neumann
 from estimators.plain import Plain
 from estimators.t1t2 import T1T2
 from estimators.unroll import Unroll
-from harness.registry import Registry
+from harness.core.registry import Registry
 
 ESTIMATORS: Registry[type[Estimator]] = Registry("estimator")
 for _cls in (Plain, Unroll, T1T2, EvoGrad, HyperDistill, Neumann):

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
-from harness.params import Param
+from harness.core.params import Param
 from workloads.base import BilevelProblem, TensorDict
 
 

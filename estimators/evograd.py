@@ -7,7 +7,7 @@ from torch import Tensor
 
 from estimators.base import Estimator, HyperStepInputs, generator_for
 from estimators.functional import grads, scratch_buffers
-from harness.params import Param, positive
+from harness.core.params import Param, positive
 from workloads.base import BilevelProblem, TensorDict
 
 

@@ -7,7 +7,7 @@ import torch
 from estimators.base import Estimator, HyperStepInputs, generator_for
 from estimators.functional import (dot, grads, leaf_copy, mixed_vjp, norm, scratch_buffers,
                                    sgd_step, val_grads, vjp_grads)
-from harness.params import Param, positive
+from harness.core.params import Param, positive
 from workloads.base import TensorDict
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from estimators.base import Estimator, HyperStepInputs
 from estimators.functional import grads, leaf_copy, scratch_buffers, val_grads, vjp_grads
-from harness.params import Param
+from harness.core.params import Param
 from workloads.base import TensorDict
 
 

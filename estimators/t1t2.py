@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from estimators.base import Estimator, HyperStepInputs
 from estimators.functional import add, grads, leaf_copy, norm, scratch_buffers, sgd_step, val_grads, vjp_grads
-from harness.params import Param
+from harness.core.params import Param
 from workloads.base import TensorDict
 
 

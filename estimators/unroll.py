@@ -5,7 +5,7 @@ import torch
 
 from estimators.base import Estimator, HyperStepInputs
 from estimators.functional import grads, leaf_copy, scratch_buffers, unroll_val_loss
-from harness.params import Param, positive
+from harness.core.params import Param, positive
 from workloads.base import TensorDict
 
 

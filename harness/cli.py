@@ -3,48 +3,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
 from pathlib import Path
 
-from harness.errors import ConfigError
-
-
-def _default_out() -> Path:
-    return Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def _point_latest(out_dir: Path) -> None:
-    """reports/latest -> the newest run (a relative symlink, so the folder can move)."""
-    latest = out_dir.parent / "latest"
-    if latest.is_symlink() or not latest.exists():
-        latest.unlink(missing_ok=True)
-        latest.symlink_to(out_dir.name, target_is_directory=True)
-
-
-def _prepare_out(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"--out {out_dir}: cannot write there ({e.strerror}); choose another folder") from None
-
-
-def _check_download_paths(suite, out_dir: Path) -> None:
-    """The only file a suite can make hgbench write outside --out is a dataset download; it
-    is allowed only into a folder inside the output folder."""
-    inside = out_dir.resolve()
-    for cell in suite.cells:
-        p = cell.workload_params
-        if p.get("download") and inside not in Path(p.get("data_root") or ".").resolve().parents:
-            raise ConfigError(f"{cell.workload} data_root {p.get('data_root')!r}: download: true would write "
-                              f"outside the output folder {out_dir}; give a data_root inside it, or "
-                              "download the data by hand and set download: false")
+from harness.core.errors import ConfigError
 
 
 def make_executor(args: argparse.Namespace):
-    from harness.executors import EXECUTORS
+    from harness.run.executors import EXECUTORS
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs}: must be >= 1")
@@ -60,78 +25,74 @@ def make_executor(args: argparse.Namespace):
     return EXECUTORS.get("local")(jobs=args.jobs)
 
 
-def _run_into(args: argparse.Namespace, suite, out_dir: Path, executor) -> list[dict]:
-    """Prepare `out_dir` (refusing foreign or unrequested existing results), run the cells it
-    lacks, and return every row."""
+def _run_into(args: argparse.Namespace, suite, folder, executor) -> None:
+    """Run the cells `folder` lacks, handing it each row as the cell finishes."""
     from tqdm import tqdm
 
-    from harness.results import read_curves, read_results, row_key
-    from harness.runner import run_cells
+    from harness.run.sweep import sweep
 
-    _prepare_out(out_dir)
-    existing = read_results(out_dir)
-    if existing is not None and not args.resume:
-        raise ConfigError(f"--out {out_dir}: already holds results.csv; add --resume to continue "
-                          "that run or choose another folder")
-    done = [] if existing is None else existing.to_dict("records")
-    finished = {row_key(r) for r in done}
-    todo = [c for c in suite.cells if c.key() not in finished]
-    (out_dir / "suite.yaml").write_text(Path(suite.source).read_text())
+    todo = folder.pending(suite.cells)
+    folder.keep_suite(Path(suite.source).read_text())
     if not args.out:
-        _point_latest(out_dir)  # at the start: an interrupted run's rows are found there too
-    print(f"hgbench: suite {suite.name!r}: {len(todo)} of {len(suite.cells)} cells to run -> {out_dir}",
+        folder.point_latest()
+    print(f"hgbench: suite {suite.name!r}: {len(todo)} of {len(suite.cells)} cells to run -> {folder.path}",
           file=sys.stderr)
+    with tqdm(total=len(todo), unit="cell", file=sys.stderr, disable=args.quiet) as bar:
+        for row in sweep(todo, executor, isolate=not args.in_process):
+            folder.add(row)
+            bar.set_postfix_str(f"{row['workload']}/{row['estimator']}: {row['status']}")
+            bar.update()
 
-    bar = tqdm(total=len(todo), unit="cell", file=sys.stderr, disable=args.quiet)
 
-    def progress(row):
-        bar.set_postfix_str(f"{row['workload']}/{row['estimator']}: {row['status']}")
-        bar.update()
-    curves = read_curves(out_dir).to_dict("records") if existing is not None else []
-    try:
-        return run_cells(todo, out_dir, done=done, isolate=not args.in_process, on_row=progress,
-                         done_curves=[c for c in curves if row_key(c) in finished], executor=executor)
-    finally:
-        bar.close()
+def _print_summary(summary_csv: Path) -> None:
+    import pandas as pd
+
+    from harness.core.schema import CONSOLE_COLUMNS
+
+    table = pd.read_csv(summary_csv)[CONSOLE_COLUMNS]
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 40):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from harness.plugins import load_plugins
-    from harness.report import DEFAULT_REFERENCE, Reference, load_run, write_report
-    from harness.results import summary_frame, to_frame
-    from harness.runner import resolve_device
-    from harness.suite import find_suite, load_suite
+    from harness.core.plugins import load_plugins
+    from harness.plan.suite import find_suite, load_suite
+    from harness.report.build import write_report
+    from harness.report.source import load_run
+    from harness.report.tables import DEFAULT_REFERENCE, Reference
+    from harness.run.cell import resolve_device
+    from harness.store.runfolder import RunFolder, check_download_paths, default_out
 
     load_plugins()
     suite = load_suite(find_suite(args.suite), args.set or [])
     resolve_device(suite.settings["device"])
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out DIR: the folder of the run to continue")
-    out_dir = Path(args.out) if args.out else _default_out()
-    _check_download_paths(suite, out_dir)
+    reference = Reference.parse(args.reference or DEFAULT_REFERENCE)
+    out_dir = Path(args.out) if args.out else default_out()
+    check_download_paths(suite.cells, out_dir)
     executor = make_executor(args)  # (a bad executor option or Ray address: before any write)
     try:
-        rows = _run_into(args, suite, out_dir, executor)
+        with RunFolder.open(out_dir, resume=args.resume) as folder:
+            _run_into(args, suite, folder, executor)
+            report = write_report(load_run(out_dir), out_dir, reference)
+            rows = folder.rows
     finally:
         executor.close()
-
-    df = to_frame(rows)
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 40):
-        print(summary_frame(df).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    report = write_report(load_run(out_dir), out_dir, Reference.parse(args.reference or DEFAULT_REFERENCE))
+    _print_summary(out_dir / "summary.csv")
     print(f"\nresults: {out_dir / 'results.csv'}  report: {report}")
-    failed = int((df["status"] != "ok").sum())
+    failed = sum(r.get("status") != "ok" for r in rows)
     if failed:
-        print(f"hgbench: {failed} of {len(df)} cells did not finish ok (see the error column)",
+        print(f"hgbench: {failed} of {len(rows)} cells did not finish ok (see the error column)",
               file=sys.stderr)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.frontier import parse_size
-    from harness.report import DEFAULT_REFERENCE, Reference, load_run, write_report
+    from harness.core.units import parse_size
+    from harness.report.build import write_report
+    from harness.report.source import load_run
+    from harness.report.tables import DEFAULT_REFERENCE, Reference
 
     source = Path(args.source)
     reference = Reference.parse(args.reference or DEFAULT_REFERENCE)
@@ -149,7 +110,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from harness.compare import Thresholds, compare, load
+    from harness.report.compare import Thresholds, compare, load
 
     for flag in ("max_slowdown", "max_memory_growth"):
         if not getattr(args, flag) >= 1.0:
@@ -177,8 +138,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from estimators import ESTIMATORS
-    from harness.plugins import load_plugins
-    from harness.suite import SETTINGS, builtin_suites
+    from harness.core.plugins import load_plugins
+    from harness.core.schema import SETTINGS
+    from harness.plan.suite import builtin_suites
 
     load_plugins()
     from workloads import BACKBONES, WORKLOADS
@@ -199,6 +161,27 @@ def cmd_list(args: argparse.Namespace) -> int:
     params(SETTINGS.values())
     print(f"built-in suites: {', '.join(builtin_suites())}")
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """The estimator contract on every registered estimator (plugins included), or those named."""
+    from estimators import ESTIMATORS
+    from harness.core.plugins import load_plugins
+    from harness.train.contract import ContractViolation, check_estimator
+
+    load_plugins()
+    names = args.estimators or ESTIMATORS.names()
+    broken = 0
+    for name in names:
+        ESTIMATORS.get(name, "hgbench check")
+        try:
+            check_estimator(name)
+            print(f"ok      {name}")
+        except ContractViolation as e:
+            broken += 1
+            print(f"BROKEN  {e}")
+    print(f"hgbench: {len(names) - broken} of {len(names)} estimators keep the contract", file=sys.stderr)
+    return 1 if broken else 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -247,6 +230,10 @@ def parser() -> argparse.ArgumentParser:
     cmp.set_defaults(func=cmd_compare)
     lst = sub.add_parser("list", help="print workloads, backbones and estimators with their parameters")
     lst.set_defaults(func=cmd_list)
+    chk = sub.add_parser("check", help="check the estimator contract (no change to weights, buffers, "
+                                       "optimiser state; gradients shaped like the hyperparameters)")
+    chk.add_argument("estimators", nargs="*", help="estimators to check (default: every registered one)")
+    chk.set_defaults(func=cmd_check)
     return ap
 
 

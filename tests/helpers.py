@@ -8,8 +8,8 @@ from torch import Tensor
 
 from estimators import make_estimator
 from estimators.base import HyperStepInputs
-from harness.metaloop import MetaTrainer
-from harness.params import resolve
+from harness.train.metaloop import MetaTrainer
+from harness.core.params import resolve
 from workloads import WORKLOADS
 
 CPU = torch.device("cpu")

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.results import row_key
+from harness.core.schema import row_key
 
 ray = pytest.importorskip("ray", reason="Ray not installed (`pip install -e .[ray]`; make setup installs it)")
 

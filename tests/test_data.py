@@ -8,7 +8,7 @@ import torch
 from workloads.backbones import BACKBONES
 from workloads.data import BatchStream, Split, corrupt_labels, load_digits_images, stratified_split
 from workloads.mwn import make_splits
-from harness.params import resolve
+from harness.core.params import resolve
 from workloads import WORKLOADS
 
 

@@ -15,8 +15,8 @@ import psutil
 import pytest
 
 from harness.cli import main
-from harness.plugins import ENV
-from harness.results import CURVE_KEY, row_key
+from harness.core.plugins import ENV
+from harness.core.schema import KEY as CURVE_KEY, row_key
 
 SWEEP = """\
 name: sweep

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from harness.errors import ConfigError
-from harness.fidelity import checkpoint_steps
-from harness.runner import run_cell
-from harness.suite import build_suite
+from harness.core.errors import ConfigError
+from harness.train.fidelity import checkpoint_steps
+from harness.run.cell import run_cell
+from harness.plan.suite import build_suite
 
 MWN = """\
 train_steps: 6

@@ -11,8 +11,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.errors import ConfigError
-from harness.suite import TOP_KEYS, build_suite, find_suite, load_suite
+from harness.core.errors import ConfigError
+from harness.plan.suite import TOP_KEYS, build_suite, find_suite, load_suite
 
 EXAMPLES = int(os.environ.get("HGBENCH_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,

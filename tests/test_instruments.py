@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from harness.flops import count_flops
-from harness.memory import CudaPeak, NvmlPeak, PeakRSS, SavedTensorBytes, rss_probe_unavailable
+from harness.measure.flops import count_flops
+from harness.measure.memory import CudaPeak, NvmlPeak, PeakRSS, SavedTensorBytes, rss_probe_unavailable
 
 needs_rss = pytest.mark.skipif(rss_probe_unavailable() is not None, reason=str(rss_probe_unavailable()))
 
@@ -50,7 +50,7 @@ def test_rss_probe_sees_a_known_200_mb_allocation():
 
 PROBE_AFTER_LARGER_STEP = textwrap.dedent("""
     import torch
-    from harness.memory import PeakRSS
+    from harness.measure.memory import PeakRSS
     keep = []
     def step(mb):  # 1 MB blocks held at once, a small long-lived tensor after each
         blocks = []

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.plugins import ENV
+from harness.core.plugins import ENV
 
 FAULTS = """\
 name: faults
@@ -137,20 +137,20 @@ def test_rows_carry_provenance(tmp_path):
 
 
 def test_in_process_mode_runs_cells_here_and_still_writes_failure_rows(tmp_path, faulty):
-    import harness.runner
+    import harness.run.sweep
 
     suite = tmp_path / "s.yaml"
     suite.write_text("train_steps: 2\ntimed_steps: 1\nworkloads: [toy1d]\nestimators: [exploding, unroll]\n")
     calls = []
-    original = harness.runner.run_isolated
-    harness.runner.run_isolated = lambda *a, **k: calls.append(a) or original(*a, **k)
+    original = harness.run.sweep.run_isolated
+    harness.run.sweep.run_isolated = lambda *a, **k: calls.append(a) or original(*a, **k)
     try:
         assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--quiet", "--in-process"]) == 0
         assert not calls
         assert main(["run", str(suite), "--out", str(tmp_path / "o2"), "--quiet"]) == 0
         assert len(calls) == 2  # the default isolates every cell
     finally:
-        harness.runner.run_isolated = original
+        harness.run.sweep.run_isolated = original
     df = pd.read_csv(tmp_path / "o" / "results.csv")
     assert df["status"].tolist() == ["error", "ok"]
 

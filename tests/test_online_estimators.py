@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.metaloop import MetaTrainer
+from harness.train.metaloop import MetaTrainer
 from tests.helpers import estimator, inputs_for, rel_err, small_mwn
 from tests.quadratic import Quadratic
 

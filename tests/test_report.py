@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.figures import pareto_front
-from harness.plugins import ENV
-from harness.report import Reference, prepare, summary
+from harness.report.figures import pareto_front
+from harness.core.plugins import ENV
+from harness.report.tables import Reference, prepare, summary
 from tests.browser import Chromium, find_chromium
 
 EVIL = "<script>alert(1)</script>"
@@ -146,7 +146,7 @@ def _rows(accuracies, estimator="unroll", hyper_s=0.2):
 
 
 def test_accuracy_is_mean_and_student_t_interval_over_seeds():
-    from harness.results import to_frame
+    from harness.store.results import to_frame
 
     table = summary(prepare(to_frame(_rows([0.90, 0.92, 0.94]))), Reference.parse("unroll:T=1"))
     row = table.iloc[0]
@@ -155,7 +155,7 @@ def test_accuracy_is_mean_and_student_t_interval_over_seeds():
 
 
 def test_reference_ratios_use_the_matching_variant():
-    from harness.results import to_frame
+    from harness.store.results import to_frame
 
     rows = _rows([0.9]) + _rows([0.8], estimator="evograd", hyper_s=0.05)
     table = summary(prepare(to_frame(rows)), Reference.parse("unroll:T=1")).set_index("estimator")
@@ -256,7 +256,7 @@ def test_budget_option_replaces_the_suites_frontier(run_dir, tmp_path):
 
 
 def test_cost_only_rows_report_no_accuracy():
-    from harness.results import to_frame
+    from harness.store.results import to_frame
 
     rows = [{**r, "train_steps": 0} for r in _rows([0.1, 0.12])]
     table = summary(prepare(to_frame(rows)), Reference.parse("unroll"))

@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.results import COLUMNS
-from harness.runner import cell_row, run_cell
-from harness.suite import build_suite
+from harness.core.schema import COLUMNS
+from harness.run.cell import run_cell
+from harness.run.sweep import cell_row
+from harness.plan.suite import build_suite
 
 REQUIRED = ["workload", "backbone", "estimator", "params", "seed", "device", "status", "error",
             "step_time_s", "step_time_iqr_s", "test_accuracy", "final_val_loss", "torch_version",
@@ -144,8 +145,9 @@ def test_report_escapes_values_and_draws_the_fidelity_figure(tmp_path):
 
     import pandas as pd
 
-    from harness.report import Source, write_report
-    from harness.results import to_frame
+    from harness.report.build import write_report
+    from harness.report.source import Source
+    from harness.store.results import to_frame
 
     def write_html(df, out, title):
         return write_report(Source(df, pd.DataFrame(), title, None, {}), out)

@@ -8,8 +8,8 @@ import textwrap
 import pytest
 
 from harness.cli import main
-from harness.errors import ConfigError
-from harness.suite import build_suite, find_suite, load_suite
+from harness.core.errors import ConfigError
+from harness.plan.suite import build_suite, find_suite, load_suite
 
 GOOD = {
     "name": "t", "seeds": [0, 1],

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.timing import Measurement, measure, time_call
+from harness.measure.timing import Measurement, measure, time_call
 
 
 def test_measurement_summaries():
@@ -28,7 +28,7 @@ def test_cuda_timing_waits_for_queued_kernels():
 
 
 def test_overhead_benchmark_runs_and_reports_its_figures():
-    from harness.overhead import overhead
+    from harness.run.overhead import overhead
 
     r = overhead("evograd", "resnet10", width=4, blocks=1, steps=2)
     assert r["harness_hyper_s"] > 0 and r["bare_hyper_s"] > 0 and r["harness_median_s"] > 0

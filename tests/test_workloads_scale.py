@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from estimators import ESTIMATORS, make_estimator
-from harness.errors import ConfigError
-from harness.frontier import frontier, parse_size
-from harness.metaloop import MetaTrainer
-from harness.params import resolve
-from harness.suite import build_suite, find_suite, load_suite
+from harness.core.errors import ConfigError
+from harness.core.units import parse_size
+from harness.report.frontier import frontier
+from harness.train.metaloop import MetaTrainer
+from harness.core.params import resolve
+from harness.plan.suite import build_suite, find_suite, load_suite
 from tests.datasets_on_disk import write_cifar10, write_image_folder, write_mnist
 from workloads import WORKLOADS
 from workloads.backbones import BACKBONES, FeatureWiseTransform

@@ -1,5 +1,5 @@
 """Workloads: registered bilevel problems. Import a module here to register its workload."""
-from harness.registry import Registry
+from harness.core.registry import Registry
 from workloads.backbones import BACKBONES
 from workloads.base import BilevelProblem, Workload
 from workloads.lft import LearnedFeatureWiseTransform

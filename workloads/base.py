@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from harness.params import Param
+from harness.core.params import Param
 
 TensorDict = dict[str, Tensor]
 

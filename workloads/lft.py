@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from harness.errors import ConfigError
-from harness.params import Param, positive
+from harness.core.errors import ConfigError
+from harness.core.params import Param, positive
 from workloads.backbones import BACKBONES, STEMS, FeatureWiseTransform
 from workloads.base import HYPER_OPTIMISER_NAMES, BilevelProblem, HyperOptim, InnerOptim, Workload, eval_mode
 from workloads.datasets import check_folder, synthetic_split

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from harness.params import Param, positive
+from harness.core.params import Param, positive
 from workloads.backbones import BACKBONES, STEMS
 from workloads.base import (HYPER_OPTIMISER_NAMES, BilevelProblem, ClassifierProblem, HyperOptim, InnerOptim,
                             Workload)

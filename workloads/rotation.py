@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.params import Param, positive
+from harness.core.params import Param, positive
 from workloads.backbones import BACKBONES
 from workloads.base import (HYPER_OPTIMISER_NAMES, BilevelProblem, ClassifierProblem, HyperOptim, InnerOptim,
                             Workload)

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from harness.params import Param, positive
+from harness.core.params import Param, positive
 from workloads.base import HYPER_OPTIMISER_NAMES, BilevelProblem, HyperOptim, InnerOptim, Workload
 
 

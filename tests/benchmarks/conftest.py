@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.suite import find_suite, load_suite
+from harness.plan.suite import find_suite, load_suite
 
 SMALL_WIDTH, FULL_WIDTH = 8, 64
 

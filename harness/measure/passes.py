@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from harness.flops import count_flops
-from harness.memory import CudaPeak, NvmlPeak, PeakRSS, SavedTensorBytes
-from harness.metaloop import MetaTrainer
-from harness.timing import Measurement, time_call
+from harness.measure.flops import count_flops
+from harness.measure.memory import CudaPeak, NvmlPeak, PeakRSS, SavedTensorBytes
+from harness.train.metaloop import MetaTrainer
+from harness.measure.timing import Measurement, time_call
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -78,6 +78,12 @@ def flops_pass(trainer: MetaTrainer) -> dict[str, Any]:
     return {"hyper_flops": hyper, "plain_flops": plain, "flops_x_plain": _ratio(hyper, plain)}
 
 
-def hyper_peak_bytes(row: dict[str, Any]) -> int | None:
-    """The figure a memory budget is checked against: the hyper-step's peak on its device."""
-    return row.get("peak_alloc_bytes") if row.get("device_type") == "cuda" else row.get("peak_rss_delta_bytes")
+def profile(trainer: MetaTrainer, device: torch.device, timed_steps: int) -> dict[str, Any]:
+    """The three passes on one warmed-up trainer, in the order that keeps them apart (time
+    first, before any probe has run), and the problem's own facts: one cost row."""
+    out = time_pass(trainer, device, timed_steps)
+    out.update(memory_pass(trainer, device))
+    out.update(flops_pass(trainer))
+    trainer.check_finite()
+    out.update(trainer.problem.describe(), batch_size=trainer.batch_samples())
+    return out

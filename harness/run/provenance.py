@@ -13,7 +13,7 @@ import torch
 
 import harness
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @functools.lru_cache(maxsize=1)

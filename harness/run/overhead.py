@@ -4,7 +4,7 @@ The same hyper-step is timed as the runner times it (`measure.time_steps`: a clo
 around each step, interleaved with the plain and inner steps) and in a bare loop (one clock
 reading around `steps` hyper-steps), in alternating blocks in one process so that machine
 drift hits both. Means are compared with means (the runner reports medians, which drop the
-outliers a mean keeps); the medians over blocks are printed. Run: `python -m harness.overhead [--backbone resnet18] [--estimators unroll evograd]`.
+outliers a mean keeps); the medians over blocks are printed. Run: `python -m harness.run.overhead [--backbone resnet18] [--estimators unroll evograd]`.
 """
 from __future__ import annotations
 
@@ -14,18 +14,16 @@ import time
 
 import torch
 
-from harness.measure import time_steps
-from harness.runner import build_trainer
-from harness.suite import build_suite
+from harness.measure.passes import time_steps
+from harness.plan.suite import build_suite
+from harness.run.cell import probe_trainer
 
 
 def overhead(estimator: str, backbone: str, width: int, blocks: int, steps: int) -> dict[str, float]:
     cell = build_suite({"workloads": [{"name": "mwn", "backbone": backbone, "params": {"width": width}}],
                         "estimators": [estimator], "train_steps": 0}).cells[0]
     device = torch.device("cpu")
-    trainer = build_trainer(cell, device, 10_000, hyper_every=1)
-    for _ in range(3):
-        trainer.iteration(hyper=True)
+    trainer = probe_trainer(cell, device, warmup_steps=3)
     harness_means, harness_medians, bare_means = [], [], []
     for _ in range(blocks):
         hyper = time_steps(trainer, device, steps)["hyper"]

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from estimators.base import Estimator, HyperStepInputs
 from estimators.functional import leaf_copy, scratch_buffers
-from harness.errors import Diverged
+from harness.core.errors import Diverged
 from workloads.base import BilevelProblem
 
 

@@ -10,12 +10,9 @@ from typing import Any
 
 import pandas as pd
 
-from harness.errors import ConfigError
-from harness.results import to_frame
-
-CARRIED = ("workload", "backbone", "estimator", "params", "seed", "device", "time_x_plain", "plain_time_s",
-           "peak_rss_delta_bytes", "plain_peak_bytes", "mem_x_plain", "graph_bytes", "graph_x_plain",
-           "hyper_flops", "plain_flops", "flops_x_plain", "n_params", "n_hparams")
+from harness.core.errors import ConfigError
+from harness.core.schema import BENCH_CARRIED
+from harness.store.results import to_frame
 
 
 def _rows(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
@@ -26,7 +23,7 @@ def _rows(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
         if not extra.get("hgbench") or "median" not in stats:
             raise ConfigError(f"{path}: benchmark {i} ({bench.get('name', '?')}) is not one of hgbench's "
                               "(tests/benchmarks); run `make pytest-bench` to make this file")
-        row = {k: extra.get(k) for k in CARRIED}
+        row = {k: extra.get(k) for k in BENCH_CARRIED}
         row.update(suite="pytest-benchmark", status="ok", error="",
                    hyper_time_s=stats["median"], hyper_time_iqr_s=stats.get("iqr"),
                    device_type=extra.get("device"), cpu_model=(machine.get("cpu") or {}).get("brand_raw"),
@@ -36,9 +33,8 @@ def _rows(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_benchmark_json(path: Path):
-    from harness.report import Source
-
+def load_benchmark_json(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The file's benchmarks as results rows, and the facts of its environment."""
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -48,5 +44,4 @@ def load_benchmark_json(path: Path):
     machine = data.get("machine_info") or {}
     env = {"pytest-benchmark": data.get("version"), "python": machine.get("python_version"),
            "benchmark file": path.name}
-    return Source(to_frame(_rows(data, path)), pd.DataFrame(), f"hgbench report: pytest-benchmark {path.name}",
-                  None, {k: v for k, v in env.items() if v})
+    return to_frame(_rows(data, path)), {k: v for k, v in env.items() if v}

@@ -3,7 +3,7 @@
 An executor takes cells and yields their results rows as they finish (in any order); the
 runner writes each row to the results store at once, so whichever way cells run, a
 finished cell is never lost. Every cell still runs in its own fresh process
-(`harness.isolation`): on Ray, the task's worker forks it.
+(`harness.run.isolation`): on Ray, the task's worker forks it.
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-from harness.errors import ConfigError
-from harness.registry import Registry
-from harness.suite import Cell
+from harness.core.errors import ConfigError
+from harness.core.registry import Registry
+from harness.plan.cell import Cell
 
 RowFn = Callable[[Cell], dict[str, Any]]
 EXECUTORS: Registry[Callable[..., "Executor"]] = Registry("executor")
@@ -72,7 +72,7 @@ def _reachable(address: str, timeout_s: float = 5.0) -> None:
 
 def _ray_cell(row: RowFn, cell: Cell, plugins: str) -> dict[str, Any]:
     """Runs in a Ray worker: the driver's plugins, then the cell in its own process."""
-    from harness.plugins import ENV
+    from harness.core.plugins import ENV
 
     os.environ[ENV] = plugins
     return row(cell)
@@ -115,7 +115,7 @@ class RayExecutor(Executor):
         self.gpus = ray.cluster_resources().get("GPU", 0.0)
 
     def run(self, cells, row):
-        from harness.plugins import plugin_spec
+        from harness.core.plugins import plugin_spec
 
         ray = self._ray
         task = ray.remote(_ray_cell)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 
 # Imported once in the forkserver; every cell forks with these already loaded.
-PRELOAD = ["harness.runner"]
+PRELOAD = ["harness.run.cell"]
 
 
 def _die_with_driver(driver_pid: int) -> None:
@@ -51,7 +51,7 @@ def _alive(pid: int) -> bool:
 
 def _child(fn: Callable[[Any], dict], arg: Any, conn, plugins: str, driver_pid: int) -> None:
     _die_with_driver(driver_pid)
-    from harness.plugins import load_plugins
+    from harness.core.plugins import load_plugins
 
     load_plugins(plugins)  # the driver's, not the forkserver's environment at its start
     conn.send(fn(arg))
@@ -76,7 +76,7 @@ def run_isolated(fn: Callable[[Any], dict], arg: Any, timeout_s: float) -> dict[
 
     `fn` must be importable (it is pickled by reference) and catch its own exceptions.
     """
-    from harness.plugins import plugin_spec
+    from harness.core.plugins import plugin_spec
 
     ctx = _context()
     receive, send = ctx.Pipe(duplex=False)

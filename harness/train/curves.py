@@ -11,9 +11,8 @@ from typing import Any
 
 import torch
 
-from harness.metaloop import MetaTrainer
-
-COLUMNS = ["step", "train_loss", "val_loss", "test_accuracy"]
+from harness.core.schema import CURVE_POINT_COLUMNS
+from harness.train.metaloop import MetaTrainer
 
 
 def curve_steps(train_steps: int, points: int) -> set[int]:
@@ -52,6 +51,5 @@ class CurveLog:
     def _record(self, step: int, metrics: dict[str, float]) -> None:
         train_loss = float(torch.stack(self._losses).mean()) if self._losses else None
         self._losses = []
-        self.rows.append({"step": step, "train_loss": train_loss,
-                          "val_loss": _number(metrics.get("final_val_loss")),
-                          "test_accuracy": _number(metrics.get("test_accuracy"))})
+        point = (step, train_loss, _number(metrics.get("final_val_loss")), _number(metrics.get("test_accuracy")))
+        self.rows.append(dict(zip(CURVE_POINT_COLUMNS, point, strict=True)))

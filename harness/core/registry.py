@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Generic, Iterator, TypeVar
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 T = TypeVar("T")
 

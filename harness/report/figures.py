@@ -1,4 +1,4 @@
-"""The report's figures: each a function from the prepared results (see `harness.report`)
+"""The report's figures: each a function from the prepared results (see `harness.report.build`)
 to a matplotlib Figure, or None when the run has nothing to show for it.
 
 Figures are drawn with seaborn's theme on the Agg backend (no display, no network) and
@@ -181,7 +181,7 @@ def memory_frontier(front: pd.DataFrame) -> Figure | None:
     largest batch (label) whose hyper-step peak fits; blank where nothing fits."""
     if front.empty or front["depth"].isna().all():
         return None
-    from harness.frontier import format_size
+    from harness.core.units import format_size
 
     workloads = list(dict.fromkeys(front["workload"]))
     fig, axes = plt.subplots(1, len(workloads), figsize=(5.5 * len(workloads), 0.45 * front["variant"].nunique() + 2),

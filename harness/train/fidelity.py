@@ -10,38 +10,13 @@ from __future__ import annotations
 
 import copy
 import statistics
-from typing import Any
-
 import torch
 
 from estimators.base import HyperStepInputs
 from estimators.unroll import Unroll
-from harness.metaloop import MetaTrainer
-from harness.params import Param, resolve
-
-PARAMS = (
-    Param("checkpoints", int, 0, "checkpoints over meta-training (0: no fidelity)",
-          check=lambda v: v >= 0, check_doc=">= 0"),
-    Param("reference_T", int, 20, "inner steps of the long-unroll reference",
-          check=lambda v: v >= 1, check_doc=">= 1"),
-    Param("draws", int, 3, "draws per checkpoint for stochastic estimators",
-          check=lambda v: v >= 1, check_doc=">= 1"),
-)
-METRICS = ("fid_cos_1step", "fid_cos_long", "fid_sign_long", "fid_relerr_long",
-           "fid_cos_exact", "fid_relerr_exact")
-COLUMNS = [c for m in METRICS for c in (m, m + "_std")]
-
-
-def resolve_spec(raw: Any, where: str = "suite.fidelity") -> dict[str, int]:
-    if raw is not None and not isinstance(raw, dict):
-        from harness.errors import ConfigError
-        raise ConfigError(f"{where}: expected a mapping such as {{checkpoints: 3, reference_T: 20}}")
-    return resolve(PARAMS, raw, where)
-
-
-def checkpoint_steps(train_steps: int, checkpoints: int) -> set[int]:
-    """Inner-step indices at the middles of `checkpoints` equal spans of training."""
-    return {int((i + 0.5) * train_steps / checkpoints) for i in range(checkpoints)} if train_steps else set()
+from harness.core.schema import FIDELITY_METRICS as METRICS
+from harness.plan.fidelity import checkpoint_steps
+from harness.train.metaloop import MetaTrainer
 
 
 def _flat(g: dict[str, torch.Tensor]) -> torch.Tensor:

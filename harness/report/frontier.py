@@ -9,41 +9,9 @@ list or `hgbench report --budget`.
 from __future__ import annotations
 
 import math
-import re
-from typing import Any, Iterable
+from typing import Iterable
 
 import pandas as pd
-
-from harness.errors import ConfigError
-
-_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
-          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
-
-
-def parse_size(value: Any, where: str) -> int:
-    """Bytes from an integer or a string such as `512MB`, `1.5GB` or `8GiB`."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b|b)?\s*", value.lower())
-        if m and float(m.group(1)) > 0:
-            return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
-    raise ConfigError(f"{where}: {value!r} is not a memory size (bytes, or e.g. 512MB, 1.5GB, 8GiB)")
-
-
-def parse_sizes(values: Any, where: str) -> list[int]:
-    if values is None:
-        return []
-    if not isinstance(values, list) or not values:
-        raise ConfigError(f"{where}: expected a list of memory sizes, e.g. [1GB, 4GB]")
-    return sorted({parse_size(v, f"{where}[{i}]") for i, v in enumerate(values)})
-
-
-def format_size(n: float) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:.0f} B"
 
 
 def frontier(prepared: pd.DataFrame, budgets: Iterable[int]) -> pd.DataFrame:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.errors import ConfigError
-from harness.results import read_results, row_key
+from harness.core.errors import ConfigError
+from harness.core.schema import KEY, hyper_peak_bytes, row_key
+from harness.store.results import read_results
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,7 @@ class Thresholds:
 
 
 def _peak(row: pd.Series) -> float:
-    col = "peak_alloc_bytes" if str(row.get("device_type")) == "cuda" else "peak_rss_delta_bytes"
-    return pd.to_numeric(row.get(col), errors="coerce")
+    return pd.to_numeric(hyper_peak_bytes(row), errors="coerce")
 
 
 def _time(row: pd.Series) -> float:
@@ -56,12 +56,11 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, limits: Thresholds) -> pd.Dat
             problems.append(f"{time_x:.2f}x slower")
         if mem_x > limits.max_memory_growth and m_new - m_base > limits.min_bytes:
             problems.append(f"{mem_x:.2f}x memory")
-        rows.append({"workload": n["workload"], "backbone": n["backbone"], "estimator": n["estimator"],
-                     "params": n["params"], "seed": n["seed"], "base_status": b["status"],
+        rows.append({**{k: n[k] for k in KEY}, "base_status": b["status"],
                      "new_status": n["status"], "time_ratio": time_x, "memory_ratio": mem_x,
                      "verdict": "; ".join(problems) or "ok"})
-    return pd.DataFrame(rows, columns=["workload", "backbone", "estimator", "params", "seed", "base_status",
-                                       "new_status", "time_ratio", "memory_ratio", "verdict"])
+    return pd.DataFrame(rows, columns=[*KEY, "base_status", "new_status", "time_ratio", "memory_ratio",
+                                       "verdict"])
 
 
 def load(path: Path) -> pd.DataFrame:

@@ -10,9 +10,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+INT_LIMIT = 2 ** 63 - 1  # every integer must fit a 64-bit column (torch, parquet)
+SIZE_LIMIT = 2 ** 24     # a count or size (positive integer): far above any real one
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class Param:
     choices: Sequence[Any] | None = None
     check: Callable[[Any], bool] | None = None
     check_doc: str = ""  # the condition `check` enforces, for messages ("> 0")
+    max: Any = None      # the largest value accepted (integers: at most INT_LIMIT in any case)
 
     def coerce(self, value: Any, where: str) -> Any:
         """Return `value` as this parameter's type, or raise ConfigError naming `where`."""
@@ -43,7 +46,12 @@ class Param:
             ok = isinstance(value, self.type)
         if not ok:
             raise ConfigError(
-                f"{where}: expected {_TYPE_NAMES.get(self.type, self.type.__name__)}, got {value!r}")
+                f"{where}: expected {_TYPE_NAMES.get(self.type, self.type.__name__)}, got {_short(value)}")
+        limit = self.max if self.max is not None else (INT_LIMIT if self.type is int else None)
+        if limit is not None and value > limit:
+            raise ConfigError(f"{where}: {_short(value)} is too large (at most {limit})")
+        if self.type is int and value < -INT_LIMIT:
+            raise ConfigError(f"{where}: {_short(value)} is too small (at least {-INT_LIMIT})")
         if self.choices is not None and value not in self.choices:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, self.choices))}")
         if self.check is not None and not self.check(value):
@@ -56,8 +64,16 @@ class Param:
         return f"{self.name}={self.default!r}{allowed}{cond}  {self.doc}".rstrip()
 
 
-def positive(name: str, type_: type, default: Any, doc: str = "") -> Param:
-    return Param(name, type_, default, doc, check=lambda v: v > 0, check_doc="> 0")
+def _short(value: Any) -> str:
+    """repr(value), cut to a readable length: a 400-digit number is named, not printed."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
+def positive(name: str, type_: type, default: Any, doc: str = "", max: Any = None) -> Param:
+    """A positive number; integers are counts or sizes, bounded by SIZE_LIMIT unless `max`."""
+    limit = max if max is not None or type_ is not int else SIZE_LIMIT
+    return Param(name, type_, default, doc, check=lambda v: v > 0, check_doc="> 0", max=limit)
 
 
 def resolve(specs: Sequence[Param], given: Mapping[str, Any] | None, where: str) -> dict[str, Any]:

@@ -6,78 +6,22 @@ validation happens here, before any cell runs, and every error names the offendi
 from __future__ import annotations
 
 import itertools
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
 from estimators import ESTIMATORS
-from harness.errors import ConfigError
-from harness.fidelity import resolve_spec as resolve_fidelity
-from harness.frontier import parse_sizes
-from harness.params import Param, resolve
+from harness.core.errors import ConfigError
+from harness.core.params import resolve
+from harness.core.schema import SETTINGS
+from harness.core.units import parse_sizes
+from harness.plan.cell import Cell, make_cell
+from harness.plan.fidelity import resolve_spec as resolve_fidelity
 from workloads import WORKLOADS
 
-DEVICES = ("cpu", "cuda", "auto")
-
-# Top-level settings: (type, default, condition, condition text).
-SETTINGS: dict[str, Param] = {p.name: p for p in (
-    Param("name", str, "suite", "suite name"),
-    Param("device", str, "cpu", "where cells run", choices=DEVICES),
-    Param("warmup_steps", int, 2, "untimed meta-iterations before timing",
-          check=lambda v: v >= 0, check_doc=">= 0"),
-    Param("timed_steps", int, 10, "timed meta-iterations (median and IQR)",
-          check=lambda v: v >= 1, check_doc=">= 1"),
-    Param("train_steps", int, 300, "inner steps of meta-training before evaluation",
-          check=lambda v: v >= 0, check_doc=">= 0"),
-    Param("hyper_every", int, 1, "a hyper-step every this many inner steps",
-          check=lambda v: v >= 1, check_doc=">= 1"),
-    Param("curve_points", int, 10, "evaluations (validation loss, test accuracy) spread over "
-          "meta-training for the report's training curves (0: none)",
-          check=lambda v: v >= 0, check_doc=">= 0"),
-    Param("timeout_s", float, 3600.0, "a cell still running after this many seconds is a `timeout` row",
-          check=lambda v: v > 0, check_doc="> 0"),
-    Param("memory_budget_bytes", int, 0, "a hyper-step peaking above this is an `oom` row (0: no budget)",
-          check=lambda v: v >= 0, check_doc=">= 0"),
-)}
 TOP_KEYS = {*SETTINGS, "seeds", "workloads", "estimators", "fidelity", "memory_frontier"}
-
-
-@dataclass(frozen=True)
-class Cell:
-    suite: str
-    workload: str
-    backbone: str
-    workload_params: Mapping[str, Any]
-    estimator: str
-    estimator_params: Mapping[str, Any]
-    seed: int
-    device: str
-    warmup_steps: int
-    timed_steps: int
-    train_steps: int
-    hyper_every: int
-    curve_points: int
-    timeout_s: float
-    memory_budget_bytes: int
-    fidelity: Mapping[str, int]  # harness.fidelity.PARAMS; checkpoints 0 = off
-
-    @property
-    def params_json(self) -> str:
-        return json.dumps({"estimator": dict(self.estimator_params),
-                           "workload": dict(self.workload_params)}, sort_keys=True)
-
-    def key(self) -> tuple:
-        return (self.workload, self.backbone, self.estimator, self.params_json, self.seed)
-
-    def label(self) -> str:
-        est = ",".join(f"{k}={v}" for k, v in self.estimator_params.items())
-        return f"{self.workload}/{self.backbone}/{self.estimator}({est})/seed{self.seed}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -173,14 +117,8 @@ def build_suite(raw: Any, source: str = "<suite>") -> Suite:
         for p in _product(_mapping(e.get("params"), f"{where}.params")):
             estimator_variants.append((cls.name, resolve(cls.params, p, f"{where}.params")))
 
-    cells = tuple(
-        Cell(suite=settings["name"], workload=w, backbone=b, workload_params=wp, estimator=est,
-             estimator_params=ep, seed=s, device=settings["device"],
-             warmup_steps=settings["warmup_steps"], timed_steps=settings["timed_steps"],
-             train_steps=settings["train_steps"], hyper_every=settings["hyper_every"],
-             curve_points=settings["curve_points"], timeout_s=settings["timeout_s"], memory_budget_bytes=settings["memory_budget_bytes"],
-             fidelity=fidelity)
-        for s in seeds for (w, b, wp) in workload_variants for (est, ep) in estimator_variants)
+    cells = tuple(make_cell(w, b, wp, est, ep, s, settings, fidelity)
+                  for s in seeds for (w, b, wp) in workload_variants for (est, ep) in estimator_variants)
     return Suite(source=source, settings=settings, cells=cells)
 
 

@@ -1,0 +1,140 @@
+"""The shape of a result, in one place: the suite settings every cell carries, the cell key,
+every column of results.csv, curves.csv and summary.csv, and which peak counts.
+
+Everything that writes, reads or compares rows takes its facts from here (the plan builds
+cells from `SETTINGS`, the runner writes `COLUMNS`, the store checks them, the report and
+`hgbench compare` match rows by `KEY` and read memory through `peak_column`), so a new
+column or setting is added once. Imports nothing heavy: the report stays torch-free.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from harness.core.params import Param
+
+DEVICES = ("cpu", "cuda", "auto")
+
+# Top-level suite settings. Each becomes a field of every cell and a results column (under
+# the column name in SETTING_COLUMN).
+SETTINGS: dict[str, Param] = {p.name: p for p in (
+    Param("name", str, "suite", "suite name"),
+    Param("device", str, "cpu", "where cells run", choices=DEVICES),
+    Param("warmup_steps", int, 2, "untimed meta-iterations before timing",
+          check=lambda v: v >= 0, check_doc=">= 0"),
+    Param("timed_steps", int, 10, "timed meta-iterations (median and IQR)",
+          check=lambda v: v >= 1, check_doc=">= 1"),
+    Param("train_steps", int, 300, "inner steps of meta-training before evaluation",
+          check=lambda v: v >= 0, check_doc=">= 0"),
+    Param("hyper_every", int, 1, "a hyper-step every this many inner steps",
+          check=lambda v: v >= 1, check_doc=">= 1"),
+    Param("curve_points", int, 10, "evaluations (validation loss, test accuracy) spread over "
+          "meta-training for the report's training curves (0: none)",
+          check=lambda v: v >= 0, check_doc=">= 0"),
+    Param("timeout_s", float, 3600.0, "a cell still running after this many seconds is a `timeout` row",
+          check=lambda v: v > 0, check_doc="> 0", max=1e6),  # (11.6 days; the poll's limit is 24.8)
+    Param("memory_budget_bytes", int, 0, "a hyper-step peaking above this is an `oom` row (0: no budget)",
+          check=lambda v: v >= 0, check_doc=">= 0"),
+)}
+SETTING_COLUMN = {name: "suite" if name == "name" else name for name in SETTINGS}
+# Settings whose 0 means "none": their column is left empty rather than read as a size of 0.
+EMPTY_WHEN_ZERO = ("memory_budget_bytes",)
+
+# ------------------------------------------------------------------ which cell a row is
+
+# The cell key: two rows with the same key measured the same cell (resume, compare, curves).
+KEY = ["workload", "backbone", "estimator", "params", "seed"]
+IDENTITY = ["suite", "workload", "backbone", "estimator", "params", "seed", "device"]
+
+
+def params_json(estimator_params: Mapping[str, Any], workload_params: Mapping[str, Any]) -> str:
+    """The `params` column: both parts of a cell's parameters, as stable JSON."""
+    return json.dumps({"estimator": dict(estimator_params), "workload": dict(workload_params)},
+                      sort_keys=True)
+
+
+def estimator_params(params: Any) -> dict[str, Any]:
+    """The estimator's part of a row's `params` JSON ({} when missing)."""
+    return json.loads(params)["estimator"] if isinstance(params, str) else {}
+
+
+def workload_params(params: Any) -> dict[str, Any]:
+    """The workload's part of a row's `params` JSON ({} when missing)."""
+    return json.loads(params).get("workload", {}) if isinstance(params, str) else {}
+
+
+def row_key(row: Mapping[str, Any]) -> tuple:
+    """The cell key of a results row, a curves row or a cell's identity."""
+    return tuple(int(row[k]) if k == "seed" else row[k] for k in KEY)
+
+
+def setting_value(name: str, value: Any) -> Any:
+    """How a setting is recorded in its column."""
+    return None if name in EMPTY_WHEN_ZERO and not value else value
+
+# ------------------------------------------------------------------ the columns
+
+STATUSES = ("ok", "oom", "timeout", "error", "diverged")
+TIME_COLUMNS = ["step_time_s", "step_time_iqr_s", "step_time_min_s", "hyper_time_s", "hyper_time_iqr_s",
+                "inner_time_s", "plain_time_s", "time_x_plain"]
+MEMORY_COLUMNS = ["peak_rss_delta_bytes", "peak_alloc_bytes", "peak_reserved_bytes", "nvml_peak_bytes",
+                  "plain_peak_bytes", "mem_x_plain", "graph_bytes", "plain_graph_bytes", "graph_x_plain",
+                  "memory_note"]
+FLOPS_COLUMNS = ["hyper_flops", "plain_flops", "flops_x_plain"]
+# Hypergradient fidelity: means over checkpoints (and draws), each with its standard deviation.
+FIDELITY_METRICS = ("fid_cos_1step", "fid_cos_long", "fid_sign_long", "fid_relerr_long",
+                    "fid_cos_exact", "fid_relerr_exact")
+FIDELITY_COLUMNS = [c for m in FIDELITY_METRICS for c in (m, m + "_std")]
+OUTCOME_COLUMNS = ["test_accuracy", "test_accuracy_ci95", "final_val_loss", "metrics"]
+PROBLEM_COLUMNS = ["n_params", "n_hparams", "batch_size", "synthetic"]
+PROVENANCE = ["hgbench_version", "git_sha", "git_dirty", "torch_version", "cuda_version", "cudnn_version",
+              "device_type", "device_name", "cpu_model", "num_threads", "tf32_matmul", "tf32_cudnn",
+              "cudnn_benchmark", "deterministic", "hostname", "start_time"]
+# The documented columns of results.csv, in order; README.md describes each one.
+COLUMNS = [
+    *IDENTITY, "status", "error", *TIME_COLUMNS, *MEMORY_COLUMNS, *FLOPS_COLUMNS, *FIDELITY_COLUMNS,
+    *OUTCOME_COLUMNS, *PROBLEM_COLUMNS,
+    *(SETTING_COLUMN[s] for s in SETTINGS if SETTING_COLUMN[s] not in IDENTITY),
+    *PROVENANCE, "wall_s", "shared_machine_cells",
+]
+
+# curves.csv: one row per cell and evaluation step of meta-training.
+CURVE_POINT_COLUMNS = ["step", "train_loss", "val_loss", "test_accuracy"]
+CURVE_COLUMNS = KEY + CURVE_POINT_COLUMNS
+
+# summary.csv: one row per workload, backbone and estimator variant, seeds pooled.
+SUMMARY_COLUMNS = ["workload", "backbone", "estimator", "variant", "params", "cells", "status",
+                   "hyper_ms", "hyper_iqr_ms", "step_ms", "peak_mb", "graph_mb", "gflops",
+                   "time_x_plain", "mem_x_plain", "flops_x_plain",
+                   "time_x_ref", "mem_x_ref", "flops_x_ref", "reference",
+                   "fid_cos_1step", "fid_cos_long", "acc_mean", "acc_ci95", "n_seeds", "timing_shared"]
+# What `hgbench run` prints of the summary when it ends.
+CONSOLE_COLUMNS = ["workload", "backbone", "variant", "status", "hyper_ms", "time_x_plain", "mem_x_plain",
+                   "flops_x_plain", "fid_cos_1step", "fid_cos_long", "acc_mean", "n_seeds"]
+
+# What a pytest-benchmark JSON (tests/benchmarks) carries per benchmark in `extra_info`.
+BENCH_CARRIED = ("workload", "backbone", "estimator", "params", "seed", "device", "time_x_plain",
+                 "plain_time_s", "peak_rss_delta_bytes", "plain_peak_bytes", "mem_x_plain", "graph_bytes",
+                 "graph_x_plain", "hyper_flops", "plain_flops", "flops_x_plain", "n_params", "n_hparams")
+
+
+class SchemaError(KeyError):
+    """A row carries a column the schema does not list: a programming error, never user input."""
+
+
+def unknown_columns(row: Mapping[str, Any], columns: list[str] = COLUMNS) -> list[str]:
+    known = set(columns)
+    return [k for k in row if k not in known]
+
+# ------------------------------------------------------------------ which peak counts
+
+
+def peak_column(device_type: Any) -> str:
+    """The column holding a hyper-step's peak memory on its device: the caching allocator's
+    peak on CUDA, the rise in resident memory on the CPU. Memory budgets, the frontier, the
+    report and `hgbench compare` all read this one."""
+    return "peak_alloc_bytes" if str(device_type) == "cuda" else "peak_rss_delta_bytes"
+
+
+def hyper_peak_bytes(row: Mapping[str, Any]) -> Any:
+    return row.get(peak_column(row.get("device_type")))

@@ -1,0 +1,1 @@
+"""Stage 1, the plan: suite files expanded into cells, validated before anything runs."""

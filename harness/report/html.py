@@ -1,0 +1,174 @@
+"""The report page: every table and section as HTML. Every string from a suite or results
+file is escaped; the page loads nothing from anywhere."""
+from __future__ import annotations
+
+import html
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+
+from harness.core.schema import PROVENANCE
+from harness.core.units import format_size
+from harness.report import figures
+from harness.report.tables import Reference
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 10 ** digits else f"{v:,.0f}"
+    return _e(v)
+
+
+def _accuracy(r: pd.Series) -> str:
+    if not r["n_seeds"]:
+        return ""
+    text = f"{100 * r['acc_mean']:.2f}%"
+    if r["n_seeds"] > 1:
+        text += f" ± {100 * r['acc_ci95']:.2f} (n={r['n_seeds']})"
+    return text
+
+
+def _table(headers: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    body = "".join(f"<tr class='{_e(c)}'>" + "".join(f"<td>{v}</td>" for v in r) + "</tr>"
+                   for r, c in zip(rows, classes or [""] * len(rows)))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cost_tables(table: pd.DataFrame, reference: Reference) -> str:
+    parts = []
+    headers = ["estimator", "status", "hyper-step ms", "time x plain", "memory x plain", "FLOPs x plain",
+               "time x ref", "memory x ref", "FLOPs x ref", "peak MB", "GFLOPs", "fidelity cos (long)",
+               "test accuracy"]
+    for (workload, backbone), g in table.groupby(["workload", "backbone"], sort=False):
+        ref = next((v for v in g["reference"] if v), "")
+        note = (f"reference: {_e(ref)}" if ref else
+                f"no finished {_e(reference)} cell here, so no x ref columns")
+        rows = [[_e(r["variant"]), _e(r["status"]) + (" &dagger;" if r["timing_shared"] else ""),
+                 _num(r["hyper_ms"]), _num(r["time_x_plain"]),
+                 _num(r["mem_x_plain"]), _num(r["flops_x_plain"]), _num(r["time_x_ref"]),
+                 _num(r["mem_x_ref"]), _num(r["flops_x_ref"]), _num(r["peak_mb"]), _num(r["gflops"]),
+                 _num(r["fid_cos_long"]), _accuracy(r)] for _, r in g.iterrows()]
+        classes = ["ok" if r["status"] == "ok" else "failed" for _, r in g.iterrows()]
+        if g["timing_shared"].any():
+            note += ("; &dagger;: timings taken while other cells shared the machine (--jobs or Ray): "
+                     "read them as rough")
+        parts.append(f"<h3>{_e(workload)} / {_e(backbone)}</h3><p class='note'>{note}</p>"
+                     + _table(headers, rows, classes))
+    return "".join(parts)
+
+
+def _at_a_glance(table: pd.DataFrame) -> str:
+    """Per workload and backbone: the most accurate estimator and the accuracy-time front."""
+    items = []
+    for (workload, backbone), g in table.groupby(["workload", "backbone"], sort=False):
+        ok = g[(g["status"] == "ok") & g["acc_mean"].notna() & g["hyper_ms"].notna()]
+        learners = g[(g["status"] == "ok") & (g["flops_x_plain"] > 0)]  # not `plain`
+        if ok.empty and not learners.empty:  # cost only: the cheapest hypergradients
+            fast, small = (learners.loc[learners[c].idxmin()] for c in ("hyper_ms", "peak_mb"))
+            items.append(f"<li><b>{_e(workload)} / {_e(backbone)}</b> (cost only): fastest "
+                         f"{_e(fast['variant'])} ({_num(fast['time_x_plain'])}x plain, "
+                         f"{_num(fast['hyper_ms'])} ms); smallest {_e(small['variant'])} "
+                         f"({_num(small['mem_x_plain'])}x plain, {_num(small['peak_mb'])} MB)</li>")
+        if ok.empty:
+            continue
+        best = ok.loc[ok["acc_mean"].idxmax()]
+        front = figures.pareto_front(ok["hyper_ms"], ok["acc_mean"])
+        path = " &rarr; ".join(f"{_e(ok.loc[i, 'variant'])} ({100 * ok.loc[i, 'acc_mean']:.1f}%, "
+                               f"{_num(ok.loc[i, 'time_x_plain'])}x plain)" for i in front)
+        items.append(f"<li><b>{_e(workload)} / {_e(backbone)}</b>: most accurate "
+                     f"{_e(best['variant'])} ({100 * best['acc_mean']:.2f}%); accuracy-time front: {path}</li>")
+    return f"<ul>{''.join(items)}</ul>" if items else ""
+
+
+def _failures(prepared: pd.DataFrame) -> str:
+    bad = prepared[prepared["status"] != "ok"]
+    if bad.empty:
+        return "<p>Every cell finished ok.</p>"
+    rows = [[_e(r["workload"]), _e(r["backbone"]), _e(r["variant"]), _e(r["seed"]), _e(r["status"]),
+             _e(r["error"])] for _, r in bad.iterrows()]
+    return _table(["workload", "backbone", "estimator", "seed", "status", "error"], rows,
+                  ["failed"] * len(rows))
+
+
+def _environment(prepared: pd.DataFrame, extra: dict[str, Any]) -> str:
+    facts = {}
+    for col in PROVENANCE:
+        if col in prepared:
+            values = sorted(dict.fromkeys(str(v) for v in prepared[col].dropna()))
+            if col == "start_time" and len(values) > 1:
+                facts["cells started"] = f"{values[0]} to {values[-1]}"
+            elif values:
+                facts[col] = "; ".join(values)
+    facts.update(extra)
+    return _table(["fact", "value"], [[_e(k), _e(v)] for k, v in facts.items()])
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1300px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 7px;
+text-align:right;font-size:13px}td:first-child,th:first-child{text-align:left}
+tr.failed{background:#fde8e8}p.note{color:#555;font-size:13px;margin:.2em 0}
+figure{margin:1em 0}figure svg{max-width:100%;height:auto}figcaption{color:#555;font-size:13px}
+pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}"""
+
+
+def _frontier_section(table: pd.DataFrame) -> str:
+    if table.empty:
+        return ""
+    parts = ["<h2>Memory frontier</h2><p class='note'>For each budget, each estimator's deepest "
+             "backbone, then largest training batch (samples), whose measured hyper-step peak fits "
+             "(peak MB as in the tables). &mdash;: nothing measured fits.</p>"]
+    budgets = sorted(table["budget_bytes"].unique())
+    for workload, g in table.groupby("workload", sort=False):
+        rows = []
+        for variant, v in g.groupby("variant", sort=False):
+            by_budget = v.set_index("budget_bytes")
+            cells = []
+            for b in budgets:
+                r = by_budget.loc[b]
+                cells.append("&mdash;" if r["backbone"] is None or pd.isna(r["backbone"]) else
+                             f"{_e(r['backbone'])}, batch {_num(r['batch_size'])} ({_num(r['peak_mb'])} MB)")
+            rows.append([_e(variant)] + cells)
+        parts.append(f"<h3>{_e(workload)}</h3>" + _table(["estimator"] + [_e(format_size(b)) for b in budgets], rows))
+    return "".join(parts)
+
+
+def page(source, prepared: pd.DataFrame, table: pd.DataFrame, front: pd.DataFrame, reference: Reference,
+         drawn: list[tuple[str, str, str, str]]) -> str:
+    """The whole page. `drawn`: (file name, heading, SVG, caption) of each figure."""
+    sections = [f"<h3>{_e(heading)}</h3><figure id='fig-{name}'>{svg}"
+                f"<figcaption>{_e(doc)} Files: figures/{name}.png, figures/{name}.pdf.</figcaption></figure>"
+                for name, heading, svg, doc in drawn]
+    counts = prepared["status"].value_counts()
+    status_line = ", ".join(f"{n} {_e(s)}" for s, n in counts.items())
+    suite = (f"<h2>Suite file</h2><pre>{_e(source.suite_text)}</pre>" if source.suite_text else "")
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{_e(source.title)}</title>
+<style>{STYLE}</style></head><body>
+<h1>{_e(source.title)}</h1>
+<p>{len(prepared)} cells: {status_line}. Generated {generated}. Tables: summary.csv; every
+measured column: results.csv.</p>
+<h2>At a glance</h2>{_at_a_glance(table)}
+<h2>Cost and accuracy per backbone</h2>
+<p class="note">hyper-step ms: median time of one hypergradient computation and hyper-update.
+<i>x plain</i>: the hyper-step's time, peak memory and FLOPs over a plain forward and
+backward of the same batch. <i>x ref</i>: over the reference estimator's ({_e(reference)}).
+Peak MB: on CUDA the allocator's peak, on the CPU the rise in resident memory. Accuracy:
+mean over seeds ± 95% confidence half-width (Student t); none for synthetic data or without
+meta-training (train_steps 0), which measure cost only. Failed cells are shown with their status, in red.</p>
+{_cost_tables(table, reference)}
+{_frontier_section(front)}
+<h2>Cells that did not finish</h2>{_failures(prepared)}
+<h2>Figures</h2>{''.join(sections) or '<p>No figure applies to these rows.</p>'}
+<h2>Environment</h2>{_environment(prepared, source.environment)}
+{suite}
+</body></html>"""

@@ -1,0 +1,53 @@
+"""What a report is made from, read from a run folder or a pytest-benchmark JSON file."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.core.errors import ConfigError
+from harness.core.units import parse_sizes
+from harness.report.benchjson import load_benchmark_json
+from harness.store.results import read_curves, read_results
+
+
+@dataclass
+class Source:
+    """What a report is made from: rows, training curves, a title, the suite text and the
+    memory budgets of the frontier."""
+    rows: pd.DataFrame
+    curves: pd.DataFrame
+    title: str
+    suite_text: str | None
+    environment: dict[str, Any]
+    budgets: list[int] = field(default_factory=list)
+
+
+def _suite_budgets(text: str | None) -> list[int]:
+    """The suite's `memory_frontier` sizes (validated when the suite ran)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        return []
+    return parse_sizes(raw.get("memory_frontier"), "suite.yaml: memory_frontier") if isinstance(raw, dict) else []
+
+
+def load_run(path: Path) -> Source:
+    """A run folder (results.csv, curves.csv, suite.yaml) or a pytest-benchmark JSON file."""
+    if path.is_file() and path.suffix == ".json":
+        rows, environment = load_benchmark_json(path)
+        return Source(rows, pd.DataFrame(), f"hgbench report: pytest-benchmark {path.name}", None, environment)
+    if not path.is_dir():
+        raise ConfigError(f"{path}: not a run folder or a pytest-benchmark .json file")
+    rows = read_results(path)
+    if rows is None:
+        raise ConfigError(f"{path}: no results.csv here; give the folder `hgbench run` wrote "
+                          "(e.g. reports/latest)")
+    suite = path / "suite.yaml"
+    name = str(rows["suite"].iloc[0]) if len(rows) else path.name
+    text = suite.read_text(errors="replace") if suite.exists() else None
+    return Source(rows, read_curves(path), f"hgbench report: {name}", text, {}, _suite_budgets(text))

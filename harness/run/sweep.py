@@ -1,0 +1,40 @@
+"""The sweep side: cells in, one results row per cell out, as each finishes.
+
+Each cell runs in its own process (`isolation`) on an executor (this machine or Ray); the
+row starts with the cell's identity and the run's provenance, so even a cell whose process
+died leaves a row that says which cell it was. The sweep writes nothing: whoever consumes
+the rows (the run folder, `harness.store`) keeps them.
+"""
+from __future__ import annotations
+
+import functools
+import socket
+import time
+from typing import Any, Iterable, Iterator
+
+from harness.plan.cell import Cell
+from harness.run.cell import execute_cell
+from harness.run.executors import Executor, LocalExecutor
+from harness.run.isolation import run_isolated
+from harness.run.provenance import now_iso, run_provenance
+
+
+def cell_row(cell: Cell, isolate: bool = True, run_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One results row for a cell, run in its own process unless `isolate` is False. Runs
+    where the cell runs (a Ray worker too), so host and times are that machine's."""
+    row: dict[str, Any] = {**cell.identity(), **(run_info or run_provenance()),
+                           "hostname": socket.gethostname(), "start_time": now_iso()}
+    start = time.perf_counter()
+    row.update(run_isolated(execute_cell, cell, cell.timeout_s) if isolate else execute_cell(cell))
+    row["wall_s"] = time.perf_counter() - start
+    return row
+
+
+def sweep(cells: Iterable[Cell], executor: Executor | None = None, isolate: bool = True) -> Iterator[dict[str, Any]]:
+    """Every cell's row, in the order cells finish (default: here, one at a time). A row the
+    executor lost (its worker died) is an `error` row of that cell."""
+    info = run_provenance()
+    executor = executor or LocalExecutor()
+    for cell, result in executor.run(cells, functools.partial(cell_row, isolate=isolate, run_info=info)):
+        yield result if isinstance(result, dict) else {
+            **cell.identity(), **info, "status": "error", "error": f"the executor lost the cell: {result}"}

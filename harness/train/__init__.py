@@ -1,0 +1,2 @@
+"""Stage 2, training: the shared meta-training loop and what watches it (training curves,
+the fidelity probe)."""
