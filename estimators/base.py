@@ -54,6 +54,18 @@ class Estimator(ABC):
         """How many training batches one hyper-step consumes (the first is the real one)."""
         return 1
 
+    @property
+    def saved_tensor_probe_applies(self) -> bool:
+        """False where autograd's saved-tensor hooks cannot account for this estimator's work
+        (forward-mode AD: its packed tensors are never handed back to the probe)."""
+        return True
+
+    @property
+    def measurement_note(self) -> str:
+        """What the harness's probes cannot see of this estimator's work (e.g. forward-mode
+        tangents and the saved-tensor probe); it goes into the row's `memory_note`."""
+        return ""
+
     @abstractmethod
     def hypergradient(self, inputs: HyperStepInputs) -> TensorDict | None:
         """Gradients keyed like `inputs.hparams`, or None for "no hyper-update"."""

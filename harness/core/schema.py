@@ -78,9 +78,9 @@ STATUSES = ("ok", "oom", "timeout", "error", "diverged")
 TIME_COLUMNS = ["step_time_s", "step_time_iqr_s", "step_time_min_s", "hyper_time_s", "hyper_time_iqr_s",
                 "inner_time_s", "plain_time_s", "time_x_plain"]
 MEMORY_COLUMNS = ["peak_rss_delta_bytes", "peak_alloc_bytes", "peak_reserved_bytes", "nvml_peak_bytes",
-                  "plain_peak_bytes", "mem_x_plain", "graph_bytes", "plain_graph_bytes", "graph_x_plain",
-                  "memory_note"]
-FLOPS_COLUMNS = ["hyper_flops", "plain_flops", "flops_x_plain"]
+                  "plain_peak_bytes", "mem_x_plain", "inner_peak_bytes", "iter_peak_bytes", "iter_mem_x_plain",
+                  "graph_bytes", "plain_graph_bytes", "graph_x_plain", "memory_method", "memory_note"]
+FLOPS_COLUMNS = ["hyper_flops", "plain_flops", "inner_flops", "flops_x_plain", "flop_efficiency"]
 # Hypergradient fidelity: means over checkpoints (and draws), each with its standard deviation.
 FIDELITY_METRICS = ("fid_cos_1step", "fid_cos_long", "fid_sign_long", "fid_relerr_long",
                     "fid_cos_exact", "fid_relerr_exact")
@@ -105,17 +105,19 @@ CURVE_COLUMNS = KEY + CURVE_POINT_COLUMNS
 # summary.csv: one row per workload, backbone and estimator variant, seeds pooled.
 SUMMARY_COLUMNS = ["workload", "backbone", "estimator", "variant", "params", "cells", "status",
                    "hyper_ms", "hyper_iqr_ms", "step_ms", "peak_mb", "graph_mb", "gflops",
-                   "time_x_plain", "mem_x_plain", "flops_x_plain",
+                   "time_x_plain", "mem_x_plain", "iter_mem_x_plain", "flops_x_plain", "flop_efficiency",
                    "time_x_ref", "mem_x_ref", "flops_x_ref", "reference",
                    "fid_cos_1step", "fid_cos_long", "acc_mean", "acc_ci95", "n_seeds", "timing_shared"]
 # What `hgbench run` prints of the summary when it ends.
 CONSOLE_COLUMNS = ["workload", "backbone", "variant", "status", "hyper_ms", "time_x_plain", "mem_x_plain",
-                   "flops_x_plain", "fid_cos_1step", "fid_cos_long", "acc_mean", "n_seeds"]
+                   "flops_x_plain", "flop_efficiency", "fid_cos_1step", "fid_cos_long", "acc_mean", "n_seeds"]
 
 # What a pytest-benchmark JSON (tests/benchmarks) carries per benchmark in `extra_info`.
 BENCH_CARRIED = ("workload", "backbone", "estimator", "params", "seed", "device", "time_x_plain",
                  "plain_time_s", "peak_rss_delta_bytes", "plain_peak_bytes", "mem_x_plain", "graph_bytes",
-                 "graph_x_plain", "hyper_flops", "plain_flops", "flops_x_plain", "n_params", "n_hparams")
+                 "graph_x_plain", "inner_peak_bytes", "iter_peak_bytes", "iter_mem_x_plain", "memory_method",
+                 "hyper_flops", "plain_flops", "inner_flops", "flops_x_plain", "flop_efficiency", "n_params",
+                 "n_hparams")
 
 
 class SchemaError(KeyError):

@@ -15,13 +15,23 @@ from typing import Any
 
 import torch
 
-# glibc keeps freed heap memory resident and reuses it before asking the kernel for more, so
-# after a larger step the resident set does not grow and a later, smaller step reads as
-# 0 bytes (seen here: 0 MB for a 100 MB step). malloc_trim(0) hands every free heap page back
-# to the kernel first, so whatever the step touches is counted again. (The environment
-# variable MALLOC_MMAP_THRESHOLD_=65536 also works, but only from process start, and it made
-# every step about 3x slower here; setting the threshold later with mallopt does not help,
-# since glibc reuses free chunks before it mmaps.)
+# What "peak memory" means on the CPU: the peak of LIVE bytes, not what the allocator keeps.
+# glibc keeps freed heap memory resident and reuses it, so a step's resident-set rise mixes
+# its live tensors with chunks freed earlier (100-200 MiB on a ResNet-32 step here) and
+# misses memory that a freed chunk was reused for. Two settings of glibc's allocator fix
+# that (`mallopt`, from the start of the cell's process, before any tensor exists):
+# - M_MMAP_THRESHOLD = 64 KiB: every allocation of 64 KiB or more (every tensor that
+#   matters) is its own mapping, handed back to the kernel the moment it is freed, so the
+#   resident set follows the live bytes; smaller ones stay on the heap (the non-tensor part).
+# - M_TRIM_THRESHOLD = 64 KiB: free heap memory above that is returned at once.
+# That mode costs speed (a system call per large allocation; about 3x slower steps here), so
+# the memory pass runs first in the cell, then `for_speed()` gives the allocator the
+# thresholds its own dynamic tuning reaches (32 MiB / 64 MiB) for timing and training.
+# Setting the thresholds later does not help the memory pass: chunks freed earlier stay in
+# the heap and are reused (the `release_free_heap` below only lowers what they hold).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+LIVE_THRESHOLD = 64 * 1024
+SPEED_MMAP_THRESHOLD, SPEED_TRIM_THRESHOLD = 32 * 2 ** 20, 64 * 2 ** 20
 
 
 def _libc():
@@ -29,6 +39,30 @@ def _libc():
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return None
+
+
+def _mallopt(mmap_threshold: int, trim_threshold: int) -> bool:
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
+class AllocatorMode:
+    """The process's allocator setting, as the memory probes need to know it."""
+    live_bytes = False  # True while every large allocation is its own mapping
+
+    @classmethod
+    def for_live_bytes(cls) -> bool:
+        """Call at the start of a fresh process (a cell's), before tensors exist."""
+        cls.live_bytes = _mallopt(LIVE_THRESHOLD, LIVE_THRESHOLD)
+        return cls.live_bytes
+
+    @classmethod
+    def for_speed(cls) -> None:
+        if cls.live_bytes:
+            _mallopt(SPEED_MMAP_THRESHOLD, SPEED_TRIM_THRESHOLD)
+        cls.live_bytes = False
 
 
 def release_free_heap() -> bool:
@@ -67,12 +101,15 @@ class SavedTensorBytes:
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
 
     def _pack(self, t: torch.Tensor) -> _Packed:
-        storage = t.untyped_storage()
-        key = (t.device, storage.data_ptr(), storage.nbytes())
+        try:
+            storage = t.untyped_storage()
+            key, nbytes = (t.device, storage.data_ptr(), storage.nbytes()), storage.nbytes()
+        except RuntimeError:  # a tensor without a plain storage (forward-mode AD's zero tangents)
+            key, nbytes = ("tensor", id(t)), t.numel() * t.element_size()
         entry = self._refs.get(key)
         if entry is None:
-            self._refs[key] = [storage.nbytes(), 1]
-            self.current += storage.nbytes()
+            self._refs[key] = [nbytes, 1]
+            self.current += nbytes
             self.peak_bytes = max(self.peak_bytes, self.current)
         else:
             entry[1] += 1
@@ -121,9 +158,10 @@ class PeakRSS:
     """Peak resident set of this process during the block, above the resident set before it.
 
     Linux: writing 5 to /proc/self/clear_refs resets the high-water mark VmHWM. Free heap
-    memory is first returned to the kernel (`release_free_heap`), so a step after a larger
-    one is still seen. Where the probe is missing, `delta_bytes` stays None and `note` says
-    why; where the heap cannot be trimmed (not glibc), `note` warns of undercounting.
+    memory is first returned to the kernel (`release_free_heap`). In `AllocatorMode`'s
+    live-bytes mode the figure is the peak of the block's live bytes (tensors and the rest);
+    otherwise the allocator's retention mixes in and `note` says so. Where the probe is
+    missing, `delta_bytes` stays None and `note` says why.
     """
 
     def __init__(self):
@@ -135,6 +173,9 @@ class PeakRSS:
             gc.collect()
             if not release_free_heap():
                 self.note = "no malloc_trim (not glibc): reused heap memory may be undercounted"
+            elif not AllocatorMode.live_bytes:
+                self.note = ("resident-set rise with the allocator's retention (not live bytes: "
+                             "the process was not started in live-bytes mode)")
             _CLEAR_REFS.write_text("5")
             self._before = _status_kib("VmRSS")
         return self

@@ -1,7 +1,8 @@
 """Cost of one hyper-step against a plain step of the same batch, in three separate passes.
 
-Time, memory and FLOPs are measured in separate passes so that no probe disturbs another
-(hooks slow steps down; timing must not include the probes' own work). Ratios ("x plain")
+Memory, time and FLOPs are measured in separate passes so that no probe disturbs another
+(hooks slow steps down; timing must not include the probes' own work; the allocator mode
+that makes the CPU memory figure a live-bytes figure is slow). Ratios ("x plain")
 come from the same process and the same batches, so they survive a noisy machine.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 
 from harness.measure.flops import count_flops
-from harness.measure.memory import CudaPeak, NvmlPeak, PeakRSS, SavedTensorBytes
+from harness.measure.memory import AllocatorMode, CudaPeak, NvmlPeak, PeakRSS, SavedTensorBytes
 from harness.train.metaloop import MetaTrainer
 from harness.measure.timing import Measurement, time_call
 
@@ -43,6 +44,17 @@ def time_pass(trainer: MetaTrainer, device: torch.device, repeats: int) -> dict[
             "time_x_plain": statistics.median(a / b for a, b in zip(h.times_s, p.times_s))}
 
 
+def memory_method(device: torch.device) -> str:
+    """What the peak-memory columns measure on this device, in words (the `memory_method`
+    column and the report's footnote)."""
+    if device.type == "cuda":
+        return "CUDA caching allocator's peak allocated bytes (torch.cuda.max_memory_allocated)"
+    if AllocatorMode.live_bytes:
+        return ("peak live bytes: resident-set rise with every allocation of 64 KiB or more its own "
+                "mapping (glibc mallopt), so freed memory leaves the count")
+    return "resident-set rise, allocator retention included"
+
+
 def _peak(fn, device: torch.device) -> dict[str, Any]:
     """Peak memory of fn() above what was allocated before it, by the device's probe."""
     if device.type == "cuda":
@@ -59,31 +71,59 @@ def _peak(fn, device: torch.device) -> dict[str, Any]:
 
 
 def memory_pass(trainer: MetaTrainer, device: torch.device) -> dict[str, Any]:
+    """Peaks of the hyper-step, the plain step, a real inner step (a plain meta-iteration)
+    and a whole meta-iteration (hyper-step then real step), then the bytes autograd saves.
+    The real steps move the probe copy on; it is never trained."""
     hyper = _peak(trainer.hyper_step, device)
     plain = _peak(trainer.plain_step, device)
-    with SavedTensorBytes() as graph:
-        trainer.hyper_step()
+    inner = _peak(trainer.inner_step, device)
+    iteration = _peak(lambda: trainer.iteration(hyper=True), device)
     with SavedTensorBytes() as plain_graph:
         trainer.plain_step()
+    graph_bytes = None
+    if trainer.estimator.saved_tensor_probe_applies:
+        with SavedTensorBytes() as graph:
+            trainer.hyper_step()
+        graph_bytes = graph.peak_bytes
     out = {k: v for k, v in hyper.items() if k not in ("delta", "note")}
     out.update({"plain_peak_bytes": plain["delta"], "mem_x_plain": _ratio(hyper["delta"], plain["delta"]),
-                "graph_bytes": graph.peak_bytes, "plain_graph_bytes": plain_graph.peak_bytes,
-                "graph_x_plain": _ratio(graph.peak_bytes, plain_graph.peak_bytes),
-                "memory_note": hyper["note"] or ""})
+                "inner_peak_bytes": inner["delta"], "iter_peak_bytes": iteration["delta"],
+                "iter_mem_x_plain": _ratio(iteration["delta"], inner["delta"]),
+                "graph_bytes": graph_bytes, "plain_graph_bytes": plain_graph.peak_bytes,
+                "graph_x_plain": _ratio(graph_bytes, plain_graph.peak_bytes),
+                "memory_method": memory_method(device),
+                "memory_note": "; ".join(n for n in (hyper["note"], trainer.estimator.measurement_note) if n)})
     return out
 
 
 def flops_pass(trainer: MetaTrainer) -> dict[str, Any]:
     hyper, plain = count_flops(trainer.hyper_step), count_flops(trainer.plain_step)
-    return {"hyper_flops": hyper, "plain_flops": plain, "flops_x_plain": _ratio(hyper, plain)}
+    inner = count_flops(trainer.inner_step)
+    return {"hyper_flops": hyper, "plain_flops": plain, "inner_flops": inner,
+            "flops_x_plain": _ratio(hyper, plain)}
+
+
+def flop_efficiency(row: dict[str, Any]) -> float | None:
+    """Achieved FLOP/s of a whole meta-iteration (hyper-step + real step) over the plain
+    step's, both timed in the same process: below 1, the estimator's work runs slower per
+    FLOP than plain training does (small kernels, Python overhead, copies)."""
+    try:
+        achieved = (row["hyper_flops"] + row["inner_flops"]) / row["step_time_s"]
+        return achieved / (row["plain_flops"] / row["plain_time_s"])
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
 
 
 def profile(trainer: MetaTrainer, device: torch.device, timed_steps: int) -> dict[str, Any]:
-    """The three passes on one warmed-up trainer, in the order that keeps them apart (time
-    first, before any probe has run), and the problem's own facts: one cost row."""
-    out = time_pass(trainer, device, timed_steps)
-    out.update(memory_pass(trainer, device))
+    """The three passes on one warmed-up trainer, and the problem's own facts: one cost row.
+
+    Memory first: in a cell's fresh process the allocator is still in live-bytes mode (see
+    `AllocatorMode`), which is slow; it is then set for speed before anything is timed."""
+    out = memory_pass(trainer, device)
+    AllocatorMode.for_speed()
+    out.update(time_pass(trainer, device, timed_steps))
     out.update(flops_pass(trainer))
+    out["flop_efficiency"] = flop_efficiency(out)
     trainer.check_finite()
     out.update(trainer.problem.describe(), batch_size=trainer.batch_samples())
     return out

@@ -46,8 +46,8 @@ def _table(headers: list[str], rows: list[list[str]], classes: list[str] | None 
 def _cost_tables(table: pd.DataFrame, reference: Reference) -> str:
     parts = []
     headers = ["estimator", "status", "hyper-step ms", "time x plain", "memory x plain", "FLOPs x plain",
-               "time x ref", "memory x ref", "FLOPs x ref", "peak MB", "GFLOPs", "fidelity cos (long)",
-               "test accuracy"]
+               "time x ref", "memory x ref", "FLOPs x ref", "peak MB", "iteration memory x plain", "GFLOPs",
+               "FLOP efficiency", "fidelity cos (long)", "test accuracy"]
     for (workload, backbone), g in table.groupby(["workload", "backbone"], sort=False):
         ref = next((v for v in g["reference"] if v), "")
         note = (f"reference: {_e(ref)}" if ref else
@@ -55,7 +55,8 @@ def _cost_tables(table: pd.DataFrame, reference: Reference) -> str:
         rows = [[_e(r["variant"]), _e(r["status"]) + (" &dagger;" if r["timing_shared"] else ""),
                  _num(r["hyper_ms"]), _num(r["time_x_plain"]),
                  _num(r["mem_x_plain"]), _num(r["flops_x_plain"]), _num(r["time_x_ref"]),
-                 _num(r["mem_x_ref"]), _num(r["flops_x_ref"]), _num(r["peak_mb"]), _num(r["gflops"]),
+                 _num(r["mem_x_ref"]), _num(r["flops_x_ref"]), _num(r["peak_mb"]),
+                 _num(r["iter_mem_x_plain"]), _num(r["gflops"]), _num(r["flop_efficiency"]),
                  _num(r["fid_cos_long"]), _accuracy(r)] for _, r in g.iterrows()]
         classes = ["ok" if r["status"] == "ok" else "failed" for _, r in g.iterrows()]
         if g["timing_shared"].any():
@@ -141,6 +142,13 @@ def _frontier_section(table: pd.DataFrame) -> str:
     return "".join(parts)
 
 
+def _memory_methods(prepared: pd.DataFrame) -> str:
+    """How the rows' peaks were measured (the `memory_method` column), in words."""
+    methods = list(dict.fromkeys(str(m) for m in prepared.get("memory_method", pd.Series()).dropna()))
+    return "; ".join(_e(m) for m in methods) if methods else (
+        "on CUDA the allocator's peak, on the CPU the rise in resident memory")
+
+
 def page(source, prepared: pd.DataFrame, table: pd.DataFrame, front: pd.DataFrame, reference: Reference,
          drawn: list[tuple[str, str, str, str]]) -> str:
     """The whole page. `drawn`: (file name, heading, SVG, caption) of each figure."""
@@ -162,7 +170,10 @@ measured column: results.csv.</p>
 <p class="note">hyper-step ms: median time of one hypergradient computation and hyper-update.
 <i>x plain</i>: the hyper-step's time, peak memory and FLOPs over a plain forward and
 backward of the same batch. <i>x ref</i>: over the reference estimator's ({_e(reference)}).
-Peak MB: on CUDA the allocator's peak, on the CPU the rise in resident memory. Accuracy:
+Peak MB (MiB) of the hyper-step: {_memory_methods(prepared)}. <i>Iteration memory x plain</i>:
+the peak of a whole meta-iteration (hyper-step and real step) over a real step alone.
+<i>FLOP efficiency</i>: FLOP/s achieved by a meta-iteration over the plain step's, timed in
+the same process (below 1: the estimator's work runs slower per FLOP). Accuracy:
 mean over seeds ± 95% confidence half-width (Student t); none for synthetic data or without
 meta-training (train_steps 0), which measure cost only. Failed cells are shown with their status, in red.</p>
 {_cost_tables(table, reference)}

@@ -16,7 +16,8 @@ from harness.core.schema import SUMMARY_COLUMNS, estimator_params, peak_column, 
 
 NUMERIC = ["step_time_s", "step_time_iqr_s", "hyper_time_s", "hyper_time_iqr_s", "plain_time_s",
            "time_x_plain", "mem_x_plain", "flops_x_plain", "peak_rss_delta_bytes", "peak_alloc_bytes",
-           "graph_bytes", "hyper_flops", "fid_cos_1step", "fid_cos_long", "test_accuracy", "seed"]
+           "graph_bytes", "hyper_flops", "fid_cos_1step", "fid_cos_long", "test_accuracy", "seed",
+           "iter_mem_x_plain", "flop_efficiency"]
 DEFAULT_REFERENCE = "unroll:T=1"
 
 
@@ -134,7 +135,8 @@ def summary(prepared: pd.DataFrame, reference: Reference) -> pd.DataFrame:
                "acc_ci95": _t95(n) * acc.std() / math.sqrt(n) if n > 1 else math.nan, "n_seeds": n,
                "timing_shared": int(ok["timing_shared"].sum())}
         for col in ("hyper_ms", "hyper_iqr_ms", "step_ms", "peak_mb", "graph_mb", "gflops",
-                    "time_x_plain", "mem_x_plain", "flops_x_plain", "fid_cos_1step", "fid_cos_long"):
+                    "time_x_plain", "mem_x_plain", "iter_mem_x_plain", "flops_x_plain", "flop_efficiency",
+                    "fid_cos_1step", "fid_cos_long"):
             row[col] = ok[col].mean() if len(ok) else math.nan
         rows.append(row)
     table = pd.DataFrame(rows, columns=[c for c in SUMMARY_COLUMNS if c not in

@@ -13,6 +13,7 @@ import torch
 from estimators import make_estimator
 from harness.core.errors import ConfigError, Diverged
 from harness.core.schema import hyper_peak_bytes
+from harness.measure.memory import AllocatorMode
 from harness.measure.passes import profile
 from harness.plan.cell import Cell
 from harness.run.provenance import process_provenance
@@ -64,6 +65,8 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     meta-train and evaluate a fresh copy, so measuring never changes the trained model and
     results repeat for a seed."""
     device = resolve_device(cell.device)
+    if device.type == "cpu":
+        AllocatorMode.for_live_bytes()  # before any tensor of the cell exists
     _enforce_cuda_budget(cell, device)
     out: dict[str, Any] = process_provenance(device)
 

@@ -26,6 +26,9 @@ def cell_row(cell: Cell, isolate: bool = True, run_info: dict[str, Any] | None =
                            "hostname": socket.gethostname(), "start_time": now_iso()}
     start = time.perf_counter()
     row.update(run_isolated(execute_cell, cell, cell.timeout_s) if isolate else execute_cell(cell))
+    if not isolate and row.get("memory_method"):
+        row["memory_note"] = ((row.get("memory_note") or "") + " in-process (--in-process): memory freed by "
+                              "earlier cells stays in this heap and may be counted").strip()
     row["wall_s"] = time.perf_counter() - start
     return row
 
