@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from workloads.base import BilevelProblem, TensorDict
@@ -82,3 +83,75 @@ def mixed_vjp(problem: BilevelProblem, weights: Mapping[str, Tensor], buffers: T
     w = leaf_copy(weights)
     g = grads(problem.train_loss(w, buffers, hparams, batch), w, create_graph=True)
     return {k: -lr * t for k, t in vjp_grads(g, hparams, vector).items()}
+
+
+def detached(tensors: Mapping[str, Tensor]) -> TensorDict:
+    return {k: v.detach() for k, v in tensors.items()}
+
+
+def second_order_products(problem: BilevelProblem, weights: Mapping[str, Tensor], buffers: TensorDict,
+                          hparams: Mapping[str, Tensor], batch: Any,
+                          vector: Mapping[str, Tensor]) -> tuple[TensorDict, TensorDict]:
+    """(Hess_w Ltrain . v, d/dlam <grad_w Ltrain, v>) at `weights`, forward-over-reverse: the
+    training loss is run on dual weights (tangent v) and ONE first-order backward carries
+    the tangents, so each gradient's tangent is its directional derivative along v. No
+    double-backward graph is built (`create_graph` stays off); the backward's saved tensors
+    of this one step are all that lives, and they are freed on return."""
+    keys, names = list(weights), list(hparams)
+    with fwAD.dual_level():
+        w = {k: fwAD.make_dual(weights[k].detach().requires_grad_(), vector[k].detach()) for k in keys}
+        lam = {n: hparams[n].detach().requires_grad_() for n in names}  # (no tangent: along w only)
+        try:
+            loss = problem.train_loss(w, buffers, lam, batch)
+            got = torch.autograd.grad(loss, [w[k] for k in keys] + [lam[n] for n in names], allow_unused=True)
+        except NotImplementedError as e:  # an op without a forward-mode formula in this torch
+            op = str(e).split(" with ")[-1].split(" that ")[0] if " with " in str(e) else "an op"
+            raise NotImplementedError(f"forward-over-reverse needs forward-mode AD through every op of the "
+                                      f"training loss and its backward; torch {torch.__version__} has none "
+                                      f"for {op}: use backend func for this workload") from None
+        tangents = [None if g is None else fwAD.unpack_dual(g).tangent for g in got]
+    like = [weights[k] for k in keys] + [hparams[n] for n in names]
+    out = [torch.zeros_like(x) if t is None else t.detach() for t, x in zip(tangents, like)]
+    return dict(zip(keys, out[:len(keys)])), dict(zip(names, out[len(keys):]))
+
+
+def mixed_mode_unroll(problem: BilevelProblem, weights: Mapping[str, Tensor], buffers: TensorDict,
+                      hparams: Mapping[str, Tensor], train_batches: Sequence[Any], val_batch: Any,
+                      lr: float) -> TensorDict:
+    """The T-step unrolled hypergradient by an explicit reverse sweep (MixFlow-MG): the T
+    iterates are stored (detached; with the buffers each step saw), then from a_T = dLval/dw_T
+
+        g_lam += a_t . dPhi_t/dlam = -lr * d/dlam <grad_w Ltrain(w_{t-1}), a_t>
+        a_{t-1} = a_t . dPhi_t/dw  = a_t - lr * Hess_w Ltrain(w_{t-1}) a_t
+
+    with both products from one forward-over-reverse pass per step. Memory: the iterates and
+    one step's first-order graph, whatever T is."""
+    frozen = detached(hparams)
+    w = detached(weights)
+    steps = []  # (w_{t-1}, the buffers and the random state step t saw, D_t)
+    for batch in train_batches:
+        steps.append((w, {k: v.clone() for k, v in buffers.items()}, _rng_state(), batch))
+        wl = leaf_copy(w)
+        g = grads(problem.train_loss(wl, buffers, frozen, batch), wl)
+        w = {k: (wl[k] - lr * g[k]).detach() for k in wl}
+    a, total = val_grads(problem, leaf_copy(w), buffers, hparams, val_batch)
+    after = _rng_state()
+    for w_prev, step_buffers, rng, batch in reversed(steps):
+        _set_rng_state(rng)  # the recomputed step draws what the step drew (LFT's FT noise)
+        hv, mixed = second_order_products(problem, w_prev, step_buffers, hparams, batch, a)
+        total = {k: total[k] - lr * mixed[k] for k in total}
+        a = {k: a[k] - lr * hv[k] for k in a}
+    _set_rng_state(after)  # the random stream goes on as after the unrolled steps
+    return total
+
+
+def _rng_state() -> tuple:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)

@@ -4,7 +4,7 @@ import higher
 import torch
 
 from estimators.base import Estimator, HyperStepInputs
-from estimators.functional import grads, leaf_copy, scratch_buffers, unroll_val_loss
+from estimators.functional import grads, leaf_copy, mixed_mode_unroll, scratch_buffers, unroll_val_loss
 from harness.core.params import Param, positive
 from workloads.base import TensorDict
 
@@ -13,24 +13,43 @@ class Unroll(Estimator):
     """Reverse-mode differentiation through T plain-SGD steps ("second-order"; T=1 is MW-Net's
     and LFT's one-step lookahead). The whole unrolled graph is kept, so memory grows with T.
 
-    Backends compute the same thing two ways, as a cross-check: `func` takes the steps itself
-    with `torch.autograd.grad(create_graph=True)` on functional weights; `higher` lets
-    `higher.innerloop_ctx`'s differentiable SGD take them. With `higher` the losses still go
-    through the workload's functional `train_loss` on higher's fast weights, on cloned
-    buffers, because higher's patched module would write the real BatchNorm statistics.
+    Backends compute the same thing three ways: `func` takes the steps itself with
+    `torch.autograd.grad(create_graph=True)` on functional weights and backpropagates through
+    the whole unrolled graph (reverse-over-reverse); `higher` lets `higher.innerloop_ctx`'s
+    differentiable SGD take them (a cross-check; the losses still go through the workload's
+    functional `train_loss` on higher's fast weights, on cloned buffers, because higher's
+    patched module would write the real BatchNorm statistics); `mixed` stores only the T
+    iterates and sweeps back over them, each Hessian-vector and mixed product a
+    forward-mode derivative of a first-order gradient (forward-over-reverse, MixFlow-MG), so
+    no double-backward graph is kept and memory does not grow with the unrolled graph.
     """
 
     name = "unroll"
     doc = "backprop through T differentiable SGD steps"
     params = (positive("T", int, 1, "number of unrolled inner steps"),
               Param("backend", str, "func", "func: torch.func.functional_call + autograd.grad; "
-                    "higher: higher.innerloop_ctx", choices=("func", "higher")))
+                    "higher: higher.innerloop_ctx; mixed: forward-over-reverse sweep over stored iterates",
+                    choices=("func", "higher", "mixed")))
 
     @property
     def n_train_batches(self) -> int:
         return self.p["T"]
 
+    @property
+    def saved_tensor_probe_applies(self) -> bool:
+        return self.p["backend"] != "mixed"
+
+    @property
+    def measurement_note(self) -> str:
+        if self.p["backend"] != "mixed":
+            return ""
+        return ("no graph_bytes: the saved-tensor probe cannot follow forward-mode AD (its tangents "
+                "ride on the saved tensors); the peak columns measure the sweep's memory")
+
     def hypergradient(self, inputs: HyperStepInputs) -> TensorDict:
+        if self.p["backend"] == "mixed":
+            return mixed_mode_unroll(inputs.problem, inputs.weights, scratch_buffers(inputs.buffers),
+                                     inputs.hparams, inputs.train_batches, inputs.val_batch, inputs.lr)
         if self.p["backend"] == "higher":
             val_loss = self._higher_val_loss(inputs)
         else:

@@ -46,12 +46,12 @@ def test_builtin_suite_is_found_by_name_and_is_valid():
     suite = load_suite(find_suite("default"))
     names = {(c.workload, c.estimator) for c in suite.cells}
     for w in ("toy1d", "mwn"):
-        for e in ("plain", "unroll", "t1t2", "evograd", "hyperdistill", "neumann"):
+        for e in ("plain", "unroll", "t1t2", "evograd", "hyperdistill", "neumann", "sama"):
             assert (w, e) in names
     assert all(c.fidelity["checkpoints"] > 0 for c in suite.cells)
     backends = {c.estimator_params["backend"] for c in suite.cells if c.estimator == "unroll"}
     modes = {c.estimator_params["mode"] for c in suite.cells if c.estimator == "t1t2"}
-    assert backends == {"func", "higher"} and modes == {"exact", "fd"}
+    assert backends == {"func", "mixed"} and modes == {"exact", "fd"}
 
 
 BAD = [

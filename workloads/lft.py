@@ -71,7 +71,10 @@ class RelationNet(nn.Module):
 
 
 def relation_loss(scores: Tensor, labels: Tensor) -> Tensor:
-    return F.mse_loss(scores, F.one_hot(labels, scores.shape[1]).to(scores.dtype))
+    """MSE to one-hot, written out: `F.mse_loss`'s backward cannot carry forward-mode tangents
+    (the target's implicit zero tangent is written in place), which the mixed-mode unroll
+    needs; the mean of squares is the same function."""
+    return (scores - F.one_hot(labels, scores.shape[1]).to(scores.dtype)).square().mean()
 
 
 def _names(text: str) -> list[str]:
