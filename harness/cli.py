@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -31,8 +32,10 @@ def _run_into(args: argparse.Namespace, suite, folder, executor) -> None:
 
     from harness.run.sweep import sweep
 
+    if folder.rows:  # a resume: the rows there must come from this very suite
+        suite.check_resumes(folder.recorded_suite(), str(folder.path / "suite.yaml"))
     todo = folder.pending(suite.cells)
-    folder.keep_suite(Path(suite.source).read_text())
+    folder.keep_suite(suite.record())
     if not args.out:
         folder.point_latest()
     print(f"hgbench: suite {suite.name!r}: {len(todo)} of {len(suite.cells)} cells to run -> {folder.path}",
@@ -85,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if failed:
         print(f"hgbench: {failed} of {len(rows)} cells did not finish ok (see the error column)",
               file=sys.stderr)
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -247,3 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hgbench: interrupted; results.csv holds every finished cell", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"hgbench: error: no space left to write {e.filename or 'a file'}; free some space and run again "
+              "(with --resume for a run: results.csv holds every finished cell)", file=sys.stderr)
+        return 2

@@ -40,7 +40,12 @@ class _NaN(Estimator):
         return {k: torch.full_like(v, float("nan")) for k, v in inputs.hparams.items()}
 
 
+def _cpu_oom():
+    torch.empty(2 ** 46, dtype=torch.uint8)  # 64 TiB: the allocator refuses at once
+
+
 _register("exploding", _raise)
+_register("cpu_oom", _cpu_oom)
 _register("self_kill", lambda: os.kill(os.getpid(), signal.SIGKILL))
 _register("hang", lambda: time.sleep(3600))
 _register("hog", _hog)

@@ -27,7 +27,7 @@ def faulty(monkeypatch):
 def test_failures_become_rows_with_their_kind_and_the_other_rows_are_intact(tmp_path, faulty):
     suite = tmp_path / "faults.yaml"
     suite.write_text(FAULTS)
-    assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--quiet"]) == 1  # cells failed
     df = pd.read_csv(tmp_path / "o" / "results.csv").set_index("estimator")
     status = df["status"].to_dict()
     assert status == {"unroll": "ok", "hog": "oom", "hang": "timeout", "nan_grad": "diverged",
@@ -145,9 +145,9 @@ def test_in_process_mode_runs_cells_here_and_still_writes_failure_rows(tmp_path,
     original = harness.run.sweep.run_isolated
     harness.run.sweep.run_isolated = lambda *a, **k: calls.append(a) or original(*a, **k)
     try:
-        assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--quiet", "--in-process"]) == 0
+        assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--quiet", "--in-process"]) == 1
         assert not calls
-        assert main(["run", str(suite), "--out", str(tmp_path / "o2"), "--quiet"]) == 0
+        assert main(["run", str(suite), "--out", str(tmp_path / "o2"), "--quiet"]) == 1
         assert len(calls) == 2  # the default isolates every cell
     finally:
         harness.run.sweep.run_isolated = original

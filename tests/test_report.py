@@ -47,7 +47,7 @@ def run_dir(tmp_path_factory) -> Path:
     (tmp / "s.yaml").write_text(SUITE)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(ENV, "tests.faulty")
-        assert main(["run", str(tmp / "s.yaml"), "--out", str(tmp / "run"), "--quiet", "--in-process"]) == 0
+        assert main(["run", str(tmp / "s.yaml"), "--out", str(tmp / "run"), "--quiet", "--in-process"]) == 1
     return tmp / "run"
 
 

@@ -96,7 +96,7 @@ workloads:
     params: {lr: 5.0}
 estimators: [exploding, unroll]
 """)
-    assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--quiet"]) == 1  # a cell failed
     df = pd.read_csv(tmp_path / "o" / "results.csv")
     assert len(df) == 4
     failed = df[df["estimator"] == "exploding"]

@@ -15,6 +15,7 @@ from harness.core.errors import ConfigError
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 INT_LIMIT = 2 ** 63 - 1  # every integer must fit a 64-bit column (torch, parquet)
 SIZE_LIMIT = 2 ** 24     # a count or size (positive integer): far above any real one
+STR_LIMIT = 4096         # characters of a text parameter (a path fits; a pasted file does not)
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,8 @@ class Param:
     choices: Sequence[Any] | None = None
     check: Callable[[Any], bool] | None = None
     check_doc: str = ""  # the condition `check` enforces, for messages ("> 0")
-    max: Any = None      # the largest value accepted (integers: at most INT_LIMIT in any case)
+    max: Any = None      # the largest value accepted (integers: at most INT_LIMIT in any case;
+                         # text: the most characters, STR_LIMIT unless given)
 
     def coerce(self, value: Any, where: str) -> Any:
         """Return `value` as this parameter's type, or raise ConfigError naming `where`."""
@@ -47,7 +49,12 @@ class Param:
         if not ok:
             raise ConfigError(
                 f"{where}: expected {_TYPE_NAMES.get(self.type, self.type.__name__)}, got {_short(value)}")
-        limit = self.max if self.max is not None else (INT_LIMIT if self.type is int else None)
+        if self.type is str:
+            if len(value) > (self.max or STR_LIMIT):
+                raise ConfigError(f"{where}: {_short(value)} is too long (at most {self.max or STR_LIMIT} characters)")
+            limit = None
+        else:
+            limit = self.max if self.max is not None else (INT_LIMIT if self.type is int else None)
         if limit is not None and value > limit:
             raise ConfigError(f"{where}: {_short(value)} is too large (at most {limit})")
         if self.type is int and value < -INT_LIMIT:
@@ -76,16 +83,21 @@ def positive(name: str, type_: type, default: Any, doc: str = "", max: Any = Non
     return Param(name, type_, default, doc, check=lambda v: v > 0, check_doc="> 0", max=limit)
 
 
+def check_names(specs: Sequence[Param], given: Mapping[Any, Any], where: str) -> None:
+    """Every name in `given` is a declared parameter (checked before values are combined)."""
+    for key in given:
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: parameter names must be strings, got {_short(key)}")
+    known = [p.name for p in specs]
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        name = unknown[0] if len(unknown[0]) <= 40 else f"{unknown[0][:20]}..."
+        raise ConfigError(f"{where}.{name}: unknown parameter (known: {', '.join(known) or 'none'})")
+
+
 def resolve(specs: Sequence[Param], given: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
     """Defaults overlaid with `given`, each value checked; unknown names are errors."""
     given = dict(given or {})
-    for key in given:
-        if not isinstance(key, str):
-            raise ConfigError(f"{where}: parameter names must be strings, got {key!r}")
-    by_name = {p.name: p for p in specs}
-    unknown = sorted(set(given) - set(by_name))
-    if unknown:
-        known = ", ".join(by_name) or "none"
-        raise ConfigError(f"{where}.{unknown[0]}: unknown parameter (known: {known})")
+    check_names(specs, given, where)
     return {p.name: p.coerce(given[p.name], f"{where}.{p.name}") if p.name in given else p.default
             for p in specs}

@@ -18,7 +18,7 @@ DEVICES = ("cpu", "cuda", "auto")
 # Top-level suite settings. Each becomes a field of every cell and a results column (under
 # the column name in SETTING_COLUMN).
 SETTINGS: dict[str, Param] = {p.name: p for p in (
-    Param("name", str, "suite", "suite name"),
+    Param("name", str, "suite", "suite name", max=200),
     Param("device", str, "cpu", "where cells run", choices=DEVICES),
     Param("warmup_steps", int, 2, "untimed meta-iterations before timing",
           check=lambda v: v >= 0, check_doc=">= 0"),
@@ -37,6 +37,8 @@ SETTINGS: dict[str, Param] = {p.name: p for p in (
           check=lambda v: v >= 0, check_doc=">= 0"),
 )}
 SETTING_COLUMN = {name: "suite" if name == "name" else name for name in SETTINGS}
+# Settings a resume may change: they decide whether a cell finishes, not what it measures.
+FREE_ON_RESUME = ("timeout_s",)
 # Settings whose 0 means "none": their column is left empty rather than read as a size of 0.
 EMPTY_WHEN_ZERO = ("memory_budget_bytes",)
 

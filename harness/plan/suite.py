@@ -6,7 +6,9 @@ validation happens here, before any cell runs, and every error names the offendi
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+import math
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -14,14 +16,16 @@ import yaml
 
 from estimators import ESTIMATORS
 from harness.core.errors import ConfigError
-from harness.core.params import resolve
-from harness.core.schema import SETTINGS
+from harness.core.params import check_names, resolve
+from harness.core.schema import FREE_ON_RESUME, SETTINGS
 from harness.core.units import parse_sizes
 from harness.plan.cell import Cell, make_cell
 from harness.plan.fidelity import resolve_spec as resolve_fidelity
 from workloads import WORKLOADS
 
 TOP_KEYS = {*SETTINGS, "seeds", "workloads", "estimators", "fidelity", "memory_frontier"}
+MAX_CELLS = 10_000  # a suite expanding to more is refused before any cell is built
+MAX_DEPTH = 32      # levels of nesting in a suite (a real one uses four)
 
 
 @dataclass(frozen=True)
@@ -29,31 +33,107 @@ class Suite:
     source: str
     settings: Mapping[str, Any]
     cells: tuple[Cell, ...]
+    raw: Mapping[str, Any] = field(default_factory=dict)  # the effective suite (after --set)
+    text: str = ""                                          # the suite file as written
+    overrides: tuple[str, ...] = ()                         # the --set arguments
 
     @property
     def name(self) -> str:
         return self.settings["name"]
+
+    def record(self) -> str:
+        """What a run folder keeps as suite.yaml: the file itself, or, with --set, the
+        effective suite (comments are lost, so the file and the overrides head it)."""
+        if not self.overrides:
+            return self.text
+        head = [f"# The effective suite: {self.source} with", *(f"#   --set {o}" for o in self.overrides)]
+        return "\n".join(head) + "\n" + yaml.safe_dump(dict(self.raw), sort_keys=False)
+
+    def check_resumes(self, recorded: str | None, where: str) -> None:
+        """A resume must run with the settings the folder's rows were measured with (the
+        suite settings and fidelity: not part of a cell's key, so a change would mix two
+        settings in one table). Adding cells (estimators, workloads, seeds) is a resume."""
+        if recorded is None:
+            return
+        try:
+            before = _settings_of(yaml.safe_load(recorded))
+        except (yaml.YAMLError, RecursionError, ConfigError):
+            raise ConfigError(f"{where}: not a readable suite; move the folder away or choose another --out") from None
+        difference = _first_difference(before, _settings_of(self.raw))
+        if difference:
+            raise ConfigError(f"--resume: this suite's settings differ from the run's ({where}): {difference}; "
+                              "resume with the same settings (file and --set), or choose another --out")
+
+
+def _settings_of(raw: Any) -> dict[str, Any]:
+    """The resolved settings and fidelity of a suite mapping: what every row records."""
+    raw = _mapping(raw, "suite")
+    settings = resolve(list(SETTINGS.values()), {k: raw[k] for k in SETTINGS if k in raw}, "suite")
+    kept = {k: v for k, v in settings.items() if k not in FREE_ON_RESUME}
+    return {**kept, "fidelity": resolve_fidelity(raw.get("fidelity"))}
+
+
+def _normalized(raw: Any) -> Any:
+    """`- plain` is short for `- {name: plain}` in the workloads and estimators lists."""
+    if not isinstance(raw, dict):
+        return raw
+    raw = dict(raw)
+    for key in ("workloads", "estimators"):
+        if isinstance(raw.get(key), list):
+            raw[key] = [{"name": e} if isinstance(e, str) else e for e in raw[key]]
+    return raw
+
+
+def _first_difference(a: Any, b: Any, path: str = "suite") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            d = _first_difference(a.get(key), b.get(key), f"{path}.{key}")
+            if d:
+                return d
+        return None
+    return None if a == b else f"{path} was {_short(a)}, is {_short(b)}"
 
 
 def _mapping(value: Any, where: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        raise ConfigError(f"{where}: expected a mapping, got {_short(value)}")
     for k in value:
         if not isinstance(k, str):
             raise ConfigError(f"{where}: keys must be strings, got {k!r}")
     return value
 
 
-def _product(params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Cartesian product over the values that are lists."""
-    keys = list(params)
-    choices = [params[k] if isinstance(params[k], list) else [params[k]] for k in keys]
-    for k, c in zip(keys, choices):
+def _choices(params: Mapping[str, Any], where: str) -> list[list[Any]]:
+    """The values each parameter takes (a list expands into a cartesian product)."""
+    choices = [v if isinstance(v, list) else [v] for v in params.values()]
+    for k, c in zip(params, choices):
         if not c:
-            raise ConfigError(f"params.{k}: an empty list gives no cells")
-    return [dict(zip(keys, combo)) for combo in itertools.product(*choices)]
+            raise ConfigError(f"{where}.{k}: an empty list gives no cells")
+    return choices
+
+
+def _count(params: Mapping[str, Any], where: str) -> int:
+    return math.prod(len(c) for c in _choices(params, where))
+
+
+def _product(params: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+    """Cartesian product over the values that are lists."""
+    return [dict(zip(params, combo)) for combo in itertools.product(*_choices(params, where))]
+
+
+def check_depth(node: Any, where: str = "suite") -> None:
+    """Refuse nesting deeper than MAX_DEPTH (walked without recursion)."""
+    stack = [(node, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep; a suite needs four")
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
 
 
 def _entries(raw: dict, field: str) -> list[dict]:
@@ -73,33 +153,75 @@ def _entries(raw: dict, field: str) -> list[dict]:
 
 
 def _check_keys(entry: Mapping, allowed: set[str], where: str) -> None:
-    unknown = sorted(set(entry) - allowed)
+    unknown = sorted(set(entry) - allowed, key=str)
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(allowed))})")
+        name = str(unknown[0]) if len(str(unknown[0])) <= 40 else f"{str(unknown[0])[:20]}..."
+        raise ConfigError(f"{where}.{name}: unknown key (allowed: {', '.join(sorted(allowed))})")
 
 
 def _seeds(raw: dict) -> list[int]:
     seeds = raw.get("seeds", [0])
     seeds = seeds if isinstance(seeds, list) else [seeds]
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2 ** 31 for s in seeds):
-        raise ConfigError(f"seeds: expected integers in [0, 2**31), got {raw.get('seeds')!r}")
+        raise ConfigError(f"seeds: expected integers in [0, 2**31), got {_short(raw.get('seeds'))}")
     return seeds
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}...({len(text)} characters)"
+
+
+def _check_size(raw: dict, seeds: list[int]) -> None:
+    """Count the cells before building any: names checked, then the product's size."""
+    workloads = 0
+    for i, e in enumerate(_entries(raw, "workloads")):
+        where = f"workloads[{i}]"
+        _check_keys(e, {"name", "backbone", "params"}, where)
+        params = _mapping(e.get("params"), f"{where}.params")
+        check_names(WORKLOADS.get(e["name"], f"{where}.name").params, params, f"{where}.params")
+        backbones = e.get("backbone")
+        if isinstance(backbones, list) and not backbones:
+            raise ConfigError(f"{where}.backbone: an empty list gives no cells")
+        workloads += _count(params, f"{where}.params") * (len(backbones) if isinstance(backbones, list) else 1)
+    estimators = 0
+    for i, e in enumerate(_entries(raw, "estimators")):
+        where = f"estimators[{i}]"
+        _check_keys(e, {"name", "params"}, where)
+        params = _mapping(e.get("params"), f"{where}.params")
+        check_names(ESTIMATORS.get(e["name"], f"{where}.name").params, params, f"{where}.params")
+        estimators += _count(params, f"{where}.params")
+    total = len(seeds) * workloads * estimators
+    if total > MAX_CELLS:
+        raise ConfigError(f"suite: expands to {total:,} cells, more than the limit of {MAX_CELLS:,}; "
+                          "split it into several suites")
+
+
+def _check_unique(cells: tuple[Cell, ...]) -> None:
+    seen = set()
+    for cell in cells:
+        if cell.key() in seen:
+            raise ConfigError(f"suite: cell {cell.label()} is listed twice (a repeated seed, workload, "
+                              "backbone, estimator or parameter value); remove the repeat")
+        seen.add(cell.key())
+
+
 def build_suite(raw: Any, source: str = "<suite>") -> Suite:
+    check_depth(raw)
     raw = _mapping(raw, "suite")
     _check_keys(raw, TOP_KEYS, "suite")
     settings = resolve(list(SETTINGS.values()), {k: raw[k] for k in SETTINGS if k in raw}, "suite")
     seeds = _seeds(raw)
     fidelity = resolve_fidelity(raw.get("fidelity"))
     parse_sizes(raw.get("memory_frontier"), "suite.memory_frontier")  # read by the report
+    _check_size(raw, seeds)
 
     workload_variants = []
     for i, e in enumerate(_entries(raw, "workloads")):
         where = f"workloads[{i}]"
         _check_keys(e, {"name", "backbone", "params"}, where)
         workload = WORKLOADS.get(e["name"], f"{where}.name")
-        for p in _product(_mapping(e.get("params"), f"{where}.params")):
+        for p in _product(_mapping(e.get("params"), f"{where}.params"), f"{where}.params"):
             params = resolve(workload.params, p, f"{where}.params")
             workload.validate(params, f"{where}.params")
             backbones = e.get("backbone", workload.default_backbone(params))
@@ -114,12 +236,13 @@ def build_suite(raw: Any, source: str = "<suite>") -> Suite:
         where = f"estimators[{i}]"
         _check_keys(e, {"name", "params"}, where)
         cls = ESTIMATORS.get(e["name"], f"{where}.name")
-        for p in _product(_mapping(e.get("params"), f"{where}.params")):
+        for p in _product(_mapping(e.get("params"), f"{where}.params"), f"{where}.params"):
             estimator_variants.append((cls.name, resolve(cls.params, p, f"{where}.params")))
 
     cells = tuple(make_cell(w, b, wp, est, ep, s, settings, fidelity)
                   for s in seeds for (w, b, wp) in workload_variants for (est, ep) in estimator_variants)
-    return Suite(source=source, settings=settings, cells=cells)
+    _check_unique(cells)
+    return Suite(source=source, settings=settings, cells=cells, raw=raw)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -129,7 +252,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE (e.g. train_steps=50)")
     try:
         parsed = yaml.safe_load(value)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         parsed = value
     return key.strip().split("."), parsed
 
@@ -165,16 +288,16 @@ def load_suite(path: str | Path, overrides: list[str] = ()) -> Suite:
         raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file") from None
-    raw = _mapping(raw, str(path))
-    for field in ("workloads", "estimators"):  # `- plain` is short for `- {name: plain}`
-        if isinstance(raw.get(field), list):
-            raw[field] = [{"name": e} if isinstance(e, str) else e for e in raw[field]]
-    for text in overrides:
-        apply_override(raw, *parse_override(text))
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply for YAML's reader (a suite needs four levels)") from None
+    raw = _normalized(_mapping(raw, str(path)))
+    for override in overrides:
+        apply_override(raw, *parse_override(override))
     try:
-        return build_suite(raw, str(path))
+        suite = build_suite(raw, str(path))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    return dataclasses.replace(suite, text=path.read_text(), overrides=tuple(overrides))
 
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"

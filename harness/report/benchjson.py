@@ -24,6 +24,13 @@ def _rows(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
             raise ConfigError(f"{path}: benchmark {i} ({bench.get('name', '?')}) is not one of hgbench's "
                               "(tests/benchmarks); run `make pytest-bench` to make this file")
         row = {k: extra.get(k) for k in BENCH_CARRIED}
+        try:
+            params = json.loads(row["params"]) if isinstance(row["params"], str) else None
+        except (ValueError, RecursionError):
+            params = None
+        if not isinstance(params, dict) or not isinstance(params.get("estimator", {}), dict):
+            raise ConfigError(f"{path}: benchmark {i} ({str(bench.get('name', '?'))[:60]}): extra_info.params "
+                              "is not the JSON object hgbench writes; make the file with `make pytest-bench`")
         row.update(suite="pytest-benchmark", status="ok", error="",
                    hyper_time_s=stats["median"], hyper_time_iqr_s=stats.get("iqr"),
                    device_type=extra.get("device"), cpu_model=(machine.get("cpu") or {}).get("brand_raw"),

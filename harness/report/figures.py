@@ -20,6 +20,9 @@ from matplotlib.figure import Figure  # noqa: E402
 sns.set_theme(style="whitegrid", context="paper")
 matplotlib.rcParams["svg.fonttype"] = "path"  # text as outlines: no font to fetch
 matplotlib.rcParams["svg.hashsalt"] = "hgbench"  # stable ids, so reports diff cleanly
+# Labels carry user text (suite names, paths, parameter values): shown literally, never
+# parsed as mathtext, so `$\undefined{x}$` in a data_root cannot break a figure.
+matplotlib.rcParams["text.parse_math"] = False
 
 
 def _palette(variants) -> dict[str, tuple]:

@@ -74,11 +74,16 @@ def _at_a_glance(table: pd.DataFrame) -> str:
         ok = g[(g["status"] == "ok") & g["acc_mean"].notna() & g["hyper_ms"].notna()]
         learners = g[(g["status"] == "ok") & (g["flops_x_plain"] > 0)]  # not `plain`
         if ok.empty and not learners.empty:  # cost only: the cheapest hypergradients
-            fast, small = (learners.loc[learners[c].idxmin()] for c in ("hyper_ms", "peak_mb"))
-            items.append(f"<li><b>{_e(workload)} / {_e(backbone)}</b> (cost only): fastest "
-                         f"{_e(fast['variant'])} ({_num(fast['time_x_plain'])}x plain, "
-                         f"{_num(fast['hyper_ms'])} ms); smallest {_e(small['variant'])} "
-                         f"({_num(small['mem_x_plain'])}x plain, {_num(small['peak_mb'])} MB)</li>")
+            parts = []
+            for what, col, unit in (("fastest", "hyper_ms", "ms"), ("smallest", "peak_mb", "MB")):
+                known = learners[learners[col].notna()]
+                if known.empty:  # (a figure the platform could not measure)
+                    continue
+                best = known.loc[known[col].idxmin()]
+                ratio = "time_x_plain" if col == "hyper_ms" else "mem_x_plain"
+                parts.append(f"{what} {_e(best['variant'])} ({_num(best[ratio])}x plain, {_num(best[col])} {unit})")
+            if parts:
+                items.append(f"<li><b>{_e(workload)} / {_e(backbone)}</b> (cost only): {'; '.join(parts)}</li>")
         if ok.empty:
             continue
         best = ok.loc[ok["acc_mean"].idxmax()]

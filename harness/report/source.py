@@ -31,9 +31,12 @@ def _suite_budgets(text: str | None) -> list[int]:
 
     try:
         raw = yaml.safe_load(text) if text else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
+        return []  # (the budgets are optional; the report shows the rows without a frontier)
+    try:
+        return parse_sizes(raw.get("memory_frontier"), "suite.yaml: memory_frontier") if isinstance(raw, dict) else []
+    except ConfigError:
         return []
-    return parse_sizes(raw.get("memory_frontier"), "suite.yaml: memory_frontier") if isinstance(raw, dict) else []
 
 
 def load_run(path: Path) -> Source:

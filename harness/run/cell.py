@@ -98,10 +98,18 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     return out
 
 
+# What an allocation failure says when it is not a torch.OutOfMemoryError: torch's CPU
+# allocator ("DefaultCPUAllocator: can't allocate memory"), C++'s std::bad_alloc, mmap.
+_OUT_OF_MEMORY = ("can't allocate memory", "bad_alloc", "cannot allocate memory", "not enough memory",
+                  "out of memory")
+
+
 def _status(exc: BaseException) -> str:
     if isinstance(exc, Diverged):
         return "diverged"
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return "oom"
+    if isinstance(exc, RuntimeError) and any(s in str(exc).lower() for s in _OUT_OF_MEMORY):
         return "oom"
     return "error"
 

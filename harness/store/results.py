@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import tempfile
 import warnings
@@ -85,7 +86,8 @@ def read_curves(out_dir: Path) -> pd.DataFrame:
         return pd.DataFrame(columns=CURVE_COLUMNS)
     if any(c not in df.columns for c in CURVE_COLUMNS):
         return pd.DataFrame(columns=CURVE_COLUMNS)
-    return df[CURVE_COLUMNS]
+    seed = pd.to_numeric(df["seed"], errors="coerce")
+    return df[CURVE_COLUMNS][seed.notna() & (seed == seed.round())].assign(seed=lambda d: d["seed"].astype(int))
 
 
 def read_results(out_dir: Path) -> pd.DataFrame | None:
@@ -94,9 +96,13 @@ def read_results(out_dir: Path) -> pd.DataFrame | None:
     path = out_dir / "results.csv"
     if not path.exists():
         return None
+    for name in (*RESULT_FILES, "curves.csv", "suite.yaml"):
+        if (out_dir / name).is_dir():
+            raise ConfigError(f"{out_dir / name}: a folder where hgbench keeps a file; move it away or "
+                              "choose another --out")
     try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        df = pd.read_csv(path, dtype={"params": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
         raise ConfigError(f"{path}: not a readable results table ({str(e).splitlines()[0]}); "
                           "move it away or choose another --out") from None
     missing = [c for c in IDENTITY + ["status"] if c not in df.columns]
@@ -110,13 +116,38 @@ def read_results(out_dir: Path) -> pd.DataFrame | None:
     if short is not None:
         raise ConfigError(f"{path}: damaged (record {short} has fewer fields than the header, or the "
                           "file stops mid-row: truncated?); move it away or choose another --out")
-    return df
+    bad = _bad_identity(df)
+    if bad:
+        raise ConfigError(f"{path}: damaged ({bad}); move it away or choose another --out")
+    df["seed"] = df["seed"].astype(int)
+    missing = [c for c in COLUMNS if c not in df.columns]  # (a table from an older hgbench)
+    return df.assign(**{c: None for c in missing})[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
+
+
+def _bad_identity(df: pd.DataFrame) -> str | None:
+    """What is wrong with a row's cell identity (its seed, its params JSON), if anything."""
+    for i, (seed, params) in enumerate(zip(df["seed"], df["params"]), start=1):
+        try:
+            ok_seed = float(seed) == int(float(seed))
+        except (TypeError, ValueError, OverflowError):
+            ok_seed = False
+        if not ok_seed:
+            return f"row {i}: seed {str(seed)[:40]!r} is not an integer"
+        try:
+            parsed = json.loads(params)
+        except (TypeError, ValueError, RecursionError):
+            parsed = None
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("estimator", {}), dict) \
+                or not isinstance(parsed.get("workload", {}), dict):
+            return f"row {i}: params {str(params)[:40]!r} is not the JSON object hgbench writes"
+    return None
 
 
 def _short_record(path: Path) -> int | None:
     """The first record (1 = the first data row) that is cut short, if any. pandas pads a
     short last row with empty values, which would silently lose its measurements."""
     text = path.read_text(encoding="utf-8")
+    csv.field_size_limit(2 ** 31 - 1)  # read every field the store wrote, however long
     records = list(csv.reader(io.StringIO(text)))
     width = len(records[0]) if records else 0
     for i, record in enumerate(records[1:], start=1):

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 from harness.core.errors import ConfigError
 from harness.core.schema import KEY, row_key
-from harness.store.results import read_curves, read_results, write_curves, write_results
+from harness.store.results import atomic_write, read_curves, read_results, write_curves, write_results
 
 LOCK_FILE = ".hgbench.lock"
 
@@ -92,7 +92,18 @@ class RunFolder:
         return [c for c in cells if c.key() not in self.finished]
 
     def keep_suite(self, text: str) -> None:
-        (self.path / "suite.yaml").write_text(text)
+        atomic_write(self.path / "suite.yaml", lambda p: p.write_text(text, encoding="utf-8"))
+
+    def recorded_suite(self) -> str | None:
+        """The suite.yaml of the run held here, or None."""
+        path = self.path / "suite.yaml"
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not a readable suite ({getattr(e, 'strerror', None) or e}); move the "
+                              "folder away or choose another --out") from None
 
     def point_latest(self) -> None:
         """<parent>/latest -> this run (a relative symlink, so the folder can move). Pointed
