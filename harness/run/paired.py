@@ -1,0 +1,66 @@
+"""Benchmark (not a test): two estimators' hyper-steps timed in ONE process, interleaved.
+
+Cells of a sweep run in separate processes at different moments, so on a shared machine
+their times differ by more than two similar estimators do (seen here: +-20% between runs of
+the same cell). For a claim of the form "A costs no more than B", time both on copies of the
+same problem in one process, alternating A, B, A, B, ..., and read the median of the
+per-pair ratios, so drift of the machine's speed hits both alike.
+FLOPs are exact and printed too. Run:
+`python -m harness.run.paired --workload mwn --backbone resnet18 hyperdistill:unit_direction=true t1t2:mode=exact`
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+import yaml
+
+from harness.measure.flops import count_flops
+from harness.measure.timing import time_call
+from harness.plan.suite import build_suite
+from harness.run.cell import probe_trainer
+
+
+def _estimator(text: str) -> dict:
+    """`name:key=value,...` (values read as YAML) -> a suite's estimator entry."""
+    name, _, rest = text.partition(":")
+    params = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in rest.split(",") if p)}
+    return {"name": name, "params": params}
+
+
+def paired(workload: dict, a: str, b: str, rounds: int, warmup: int = 2) -> dict[str, float]:
+    cells = build_suite({"workloads": [workload], "estimators": [_estimator(a), _estimator(b)],
+                         "train_steps": 0, "warmup_steps": warmup}).cells
+    device = torch.device("cpu")
+    ta, tb = (probe_trainer(c, device) for c in cells)
+    ratios = []
+    times_a, times_b = [], []
+    for _ in range(rounds):
+        times_a.append(time_call(ta.hyper_step, device))
+        times_b.append(time_call(tb.hyper_step, device))
+        ratios.append(times_a[-1] / times_b[-1])
+    return {"a_ms": 1e3 * statistics.median(times_a), "b_ms": 1e3 * statistics.median(times_b),
+            "time_ratio": statistics.median(ratios),
+            "flops_ratio": count_flops(ta.hyper_step) / count_flops(tb.hyper_step)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("a", help="estimator A, e.g. hyperdistill:unit_direction=true")
+    ap.add_argument("b", help="estimator B, e.g. t1t2:mode=exact")
+    ap.add_argument("--workload", default="mwn")
+    ap.add_argument("--backbone", nargs="+", default=["resnet10", "resnet18", "resnet34"])
+    ap.add_argument("--params", default="{width: 16, batch_size: 32}", help="workload params (YAML)")
+    ap.add_argument("--rounds", type=int, default=15)
+    args = ap.parse_args()
+    for backbone in args.backbone:
+        w = {"name": args.workload, "backbone": backbone, "params": yaml.safe_load(args.params)}
+        r = paired(w, args.a, args.b, args.rounds)
+        print(f"{args.workload} {backbone} {args.params}: A {r['a_ms']:.1f} ms, B {r['b_ms']:.1f} ms, "
+              f"A/B time {r['time_ratio']:.3f} (median of {args.rounds} paired rounds), "
+              f"A/B FLOPs {r['flops_ratio']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
