@@ -48,17 +48,17 @@ class Param:
             ok = isinstance(value, self.type)
         if not ok:
             raise ConfigError(
-                f"{where}: expected {_TYPE_NAMES.get(self.type, self.type.__name__)}, got {_short(value)}")
+                f"{where}: expected {_TYPE_NAMES.get(self.type, self.type.__name__)}, got {short_repr(value)}")
         if self.type is str:
             if len(value) > (self.max or STR_LIMIT):
-                raise ConfigError(f"{where}: {_short(value)} is too long (at most {self.max or STR_LIMIT} characters)")
+                raise ConfigError(f"{where}: {short_repr(value)} is too long (at most {self.max or STR_LIMIT} characters)")
             limit = None
         else:
             limit = self.max if self.max is not None else (INT_LIMIT if self.type is int else None)
         if limit is not None and value > limit:
-            raise ConfigError(f"{where}: {_short(value)} is too large (at most {limit})")
+            raise ConfigError(f"{where}: {short_repr(value)} is too large (at most {limit})")
         if self.type is int and value < -INT_LIMIT:
-            raise ConfigError(f"{where}: {_short(value)} is too small (at least {-INT_LIMIT})")
+            raise ConfigError(f"{where}: {short_repr(value)} is too small (at least {-INT_LIMIT})")
         if self.choices is not None and value not in self.choices:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, self.choices))}")
         if self.check is not None and not self.check(value):
@@ -71,7 +71,7 @@ class Param:
         return f"{self.name}={self.default!r}{allowed}{cond}  {self.doc}".rstrip()
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
     """repr(value), cut to a readable length: a 400-digit number is named, not printed."""
     text = repr(value)
     return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
@@ -87,7 +87,7 @@ def check_names(specs: Sequence[Param], given: Mapping[Any, Any], where: str) ->
     """Every name in `given` is a declared parameter (checked before values are combined)."""
     for key in given:
         if not isinstance(key, str):
-            raise ConfigError(f"{where}: parameter names must be strings, got {_short(key)}")
+            raise ConfigError(f"{where}: parameter names must be strings, got {short_repr(key)}")
     known = [p.name for p in specs]
     unknown = sorted(set(given) - set(known))
     if unknown:

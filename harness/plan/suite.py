@@ -16,7 +16,7 @@ import yaml
 
 from estimators import ESTIMATORS
 from harness.core.errors import ConfigError
-from harness.core.params import check_names, resolve
+from harness.core.params import check_names, resolve, short_repr
 from harness.core.schema import FREE_ON_RESUME, SETTINGS
 from harness.core.units import parse_sizes
 from harness.plan.cell import Cell, make_cell
@@ -91,14 +91,14 @@ def _first_difference(a: Any, b: Any, path: str = "suite") -> str | None:
             if d:
                 return d
         return None
-    return None if a == b else f"{path} was {_short(a)}, is {_short(b)}"
+    return None if a == b else f"{path} was {short_repr(a)}, is {short_repr(b)}"
 
 
 def _mapping(value: Any, where: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {_short(value)}")
+        raise ConfigError(f"{where}: expected a mapping, got {short_repr(value)}")
     for k in value:
         if not isinstance(k, str):
             raise ConfigError(f"{where}: keys must be strings, got {k!r}")
@@ -163,13 +163,8 @@ def _seeds(raw: dict) -> list[int]:
     seeds = raw.get("seeds", [0])
     seeds = seeds if isinstance(seeds, list) else [seeds]
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2 ** 31 for s in seeds):
-        raise ConfigError(f"seeds: expected integers in [0, 2**31), got {_short(raw.get('seeds'))}")
+        raise ConfigError(f"seeds: expected integers in [0, 2**31), got {short_repr(raw.get('seeds'))}")
     return seeds
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:40]}...({len(text)} characters)"
 
 
 def _check_size(raw: dict, seeds: list[int]) -> None:
