@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
+from torch import Tensor
 
 from harness.core.params import Param
 from workloads.base import BilevelProblem, TensorDict
@@ -25,6 +26,9 @@ class HyperStepInputs:
     val_batch: Any
     lr: float                      # the inner optimiser's current learning rate (eta)
     step: int                      # index of the real inner step about to be taken
+    # d(update)/d(gradient) of the real inner optimiser per weight, at its current state
+    # (SAMA's adaptation); None where no real optimiser stands behind the inputs (then: lr)
+    update_derivative: Callable[[], Mapping[str, Tensor | float]] | None = None
 
     @property
     def weights(self) -> TensorDict:

@@ -9,13 +9,15 @@ all at the current weights. The mixed derivative is a central finite difference 
 first-order gradients with respect to lam, at w + eps v and w - eps v (eps = fd_scale /
 ||v||), so a hyper-step is three first-order backward passes (one validation, two training).
 
-`adapt` is SAMA's "algorithmic adaptation": v scaled by the derivative of the inner
-optimiser's update with respect to its gradient. hgbench's inner optimiser is SGD (with
-momentum), for which that is the learning rate (the reference's rule). Betty's public
-implementation leaves v unscaled for SGD (the hyper learning rate absorbs the factor) and
-uses fd scale R = 1.0 in its experiments (0.3 on some); ours defaults to DARTS's 0.01, as
-T1-T2's finite difference does here. Adam's per-coordinate adaptation needs an Adam inner
-optimiser, which hgbench does not have yet.
+`adapt` is SAMA's "algorithmic adaptation": v scaled by the derivative of the real inner
+optimiser's update with respect to its gradient, at its current state
+(`InnerOptim.update_derivative`): for SGD with or without momentum the learning rate (the
+reference's rule); for Adam and AdamW, elementwise, lr (1 - b1) / (1 - b1^t) / (sqrt(v_hat)
++ eps) with the second moment held at its current state. Betty's public implementation
+leaves v unscaled for SGD (the hyper learning rate absorbs the factor) and uses fd scale
+R = 1.0 in its experiments (0.3 on some); ours defaults to DARTS's 0.01, as T1-T2's finite
+difference does here. Without a real optimiser behind the inputs (a bare probe), the
+learning rate is used.
 """
 from __future__ import annotations
 
@@ -30,14 +32,18 @@ class SAMA(Estimator):
     doc = "identity base Jacobian, adapted validation gradient, mixed derivative by finite difference"
     params = (positive("fd_scale", float, 0.01, "eps = fd_scale / ||v|| (SAMA's experiments: 1.0)"),
               Param("adapt", bool, True, "scale v by the inner optimiser's d(update)/d(gradient) "
-                    "(SGD: the learning rate)"))
+                    "(SGD: the learning rate; Adam: per coordinate)"))
 
     def hypergradient(self, inputs: HyperStepInputs) -> TensorDict:
         problem, lam = inputs.problem, inputs.hparams
         batch, buffers = inputs.train_batches[0], scratch_buffers(inputs.buffers)
         w = detached(inputs.weights)
         alpha, g_fo = val_grads(problem, leaf_copy(w), buffers, lam, inputs.val_batch)
-        v = {k: inputs.lr * a for k, a in alpha.items()} if self.p["adapt"] else alpha
+        if self.p["adapt"]:
+            slope = inputs.update_derivative() if inputs.update_derivative else {}
+            v = {k: slope.get(k, inputs.lr) * a for k, a in alpha.items()}
+        else:
+            v = alpha
         eps = self.p["fd_scale"] / float(norm(v).clamp_min(1e-30))
         plus = grads(problem.train_loss(add(w, v, eps), buffers, lam, batch), lam)
         minus = grads(problem.train_loss(add(w, v, -eps), buffers, lam, batch), lam)

@@ -34,7 +34,7 @@ def small_mwn(seed: int = 0, width: int = 4, batch_size: int = 16, steps: int = 
 
 def inputs_for(trainer: MetaTrainer, n_batches: int = 1) -> HyperStepInputs:
     return HyperStepInputs(trainer.problem, trainer.train_stream.peek(n_batches),
-                           next(trainer.problem.val_stream), trainer.lr, trainer.step)
+                           next(trainer.problem.val_stream), trainer.lr, trainer.step, trainer.update_derivative)
 
 
 def estimator(name: str, seed: int = 0, **params):

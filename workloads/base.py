@@ -5,6 +5,7 @@ build functional copies (`torch.func.functional_call`) and never touch the real 
 """
 from __future__ import annotations
 
+import bisect
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,26 +20,88 @@ from harness.core.params import Param
 TensorDict = dict[str, Tensor]
 
 
+_INNER_OPTIMISERS = {"sgd", "adam", "adamw"}
+INNER_OPTIMISER_NAMES = tuple(sorted(_INNER_OPTIMISERS))
+SCHEDULES = ("step", "linear")
+
+
 @dataclass(frozen=True)
 class InnerOptim:
-    """The real inner optimiser: SGD with momentum, Nesterov, weight decay and step decay.
+    """The real inner optimiser: SGD (momentum, Nesterov, weight decay), Adam or AdamW, with a
+    linear warm-up over the first `warmup` fraction of the run and then either step decay
+    (x `decay` at each of `milestones`, fractions of the run) or linear decay to 0
+    (`schedule="linear"`, as transformers' fine-tuning and MetaXL do).
 
-    Lookaheads inside estimators use plain SGD with the *current* learning rate (as the
-    original Meta-Weight-Net and LFT code do); only the real step uses the rest.
+    Lookaheads inside estimators use plain SGD with the *current* learning rate whatever the
+    real optimiser is (as the original Meta-Weight-Net, LFT and MetaXL code do); only the
+    real step uses the rest. `update_derivative` gives SAMA the real optimiser's slope.
     """
     lr: float
+    kind: str = "sgd"
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
-    milestones: tuple[float, ...] = ()  # fractions of the run at which lr is multiplied by decay
+    milestones: tuple[float, ...] = ()
     decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup: float = 0.0
+    schedule: str = "step"
+
+    def __post_init__(self):
+        if self.kind not in _INNER_OPTIMISERS or self.schedule not in SCHEDULES:
+            raise ValueError(f"inner optimiser {self.kind!r} / schedule {self.schedule!r}: use one of "
+                             f"{INNER_OPTIMISER_NAMES} / {SCHEDULES}")
+
+    def _optimizer(self, params: Sequence[Tensor]) -> torch.optim.Optimizer:
+        if self.kind == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
+                                   weight_decay=self.weight_decay)
+        cls = torch.optim.AdamW if self.kind == "adamw" else torch.optim.Adam
+        return cls(params, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay)
+
+    def lr_factor(self, step: int, total_steps: int) -> float:
+        """The multiplier of `lr` for the real step taken after `step` steps."""
+        warm = int(round(self.warmup * total_steps))
+        if step < warm:
+            return (step + 1) / warm
+        if self.schedule == "linear":
+            return max(0.0, (total_steps - step) / max(1, total_steps - warm)) if total_steps else 1.0
+        steps = sorted({max(1, int(round(m * total_steps))) for m in self.milestones})
+        return self.decay ** bisect.bisect_right(steps, step)
 
     def build(self, params: Sequence[Tensor], total_steps: int):
-        opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
-                              nesterov=self.nesterov, weight_decay=self.weight_decay)
-        steps = sorted({max(1, int(round(m * total_steps))) for m in self.milestones})
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=steps, gamma=self.decay)
+        opt = self._optimizer(params)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step, total_steps))
         return opt, sched
+
+    def update_derivative(self, opt: torch.optim.Optimizer) -> list[Tensor | float]:
+        """Per parameter of `opt`, d(update)/d(gradient) of the next real step at the
+        optimiser's current state (SAMA's algorithmic adaptation). SGD, with or without
+        momentum: the learning rate. Adam/AdamW: lr (1 - b1) / (1 - b1^t) / (sqrt(v_hat) + eps),
+        elementwise, holding the second moment v at its current state (t the next step);
+        before the first step (no state yet) the learning rate."""
+        group = opt.param_groups[0]
+        lr = group["lr"]
+        if self.kind == "sgd":
+            return [lr for _ in group["params"]]
+        b1, b2 = group["betas"]
+        out: list[Tensor | float] = []
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            if "exp_avg_sq" not in state:
+                out.append(lr)
+                continue
+            t = float(state["step"]) + 1
+            v_hat = state["exp_avg_sq"] / (1 - b2 ** (t - 1))
+            out.append(lr * (1 - b1) / (1 - b1 ** t) / (v_hat.sqrt() + group["eps"]))
+        return out
+
+
+def inner_optimizer_param(default: str, why: str) -> Param:
+    """The `inner_optimizer` setting a workload offers (InnerOptim.kind)."""
+    return Param("inner_optimizer", str, default, f"the real inner optimiser ({why}); lookaheads stay plain "
+                 "SGD at its current learning rate", choices=INNER_OPTIMISER_NAMES)
 
 
 _HYPER_OPTIMISERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}

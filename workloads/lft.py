@@ -27,7 +27,8 @@ from torch.func import functional_call
 from harness.core.errors import ConfigError
 from harness.core.params import Param, positive
 from workloads.backbones import BACKBONES, STEMS, FeatureWiseTransform
-from workloads.base import HYPER_OPTIMISER_NAMES, BilevelProblem, HyperOptim, InnerOptim, Workload, eval_mode
+from workloads.base import (HYPER_OPTIMISER_NAMES, BilevelProblem, HyperOptim, InnerOptim, Workload, eval_mode,
+                            inner_optimizer_param)
 from workloads.datasets import check_folder, synthetic_split
 from workloads.episodes import (DIGIT_DOMAINS, DomainPairs, EpisodeShape, EpisodeStream, TensorDomain,
                                 FolderDomain, digit_domains, sample_episode)
@@ -109,7 +110,8 @@ class LFTProblem(BilevelProblem):
         params = dict(self.model.named_parameters())
         self.hparams = {k: v for k, v in params.items() if ".ft" in k}
         self._weight_names = [k for k in params if k not in self.hparams]
-        self.inner = InnerOptim(lr=p["lr"], momentum=p["momentum"], weight_decay=p["weight_decay"])
+        self.inner = InnerOptim(kind=p["inner_optimizer"], lr=p["lr"], momentum=p["momentum"],
+                                weight_decay=p["weight_decay"])
         self.hyper = HyperOptim(p["hyper_optimizer"], p["hyper_lr"])
         pairs = DomainPairs(self.train_domains, seed)
         self.train_stream = EpisodeStream(self.domains, pairs, 0, self.shape, seed * 7919 + 1, device)
@@ -184,8 +186,10 @@ class LearnedFeatureWiseTransform(Workload):
         positive("width", int, 16, "channels of the first ResNet stage (64 = standard)"),
         Param("stem", str, "cifar", "ResNet stem (imagenet for 84-224 px)", choices=STEMS),
         Param("image_size", int, 32, "image side in pixels", check=lambda v: v >= 8, check_doc=">= 8"),
-        positive("lr", float, 0.01, "inner SGD learning rate"),
-        Param("momentum", float, 0.9, "inner SGD momentum", check=lambda v: 0 <= v < 1, check_doc="in [0, 1)"),
+        inner_optimizer_param("adam", "the LFT code: Adam 1e-3"),
+        positive("lr", float, 1e-3, "inner learning rate"),
+        Param("momentum", float, 0.9, "inner SGD momentum (sgd only)", check=lambda v: 0 <= v < 1,
+              check_doc="in [0, 1)"),
         Param("weight_decay", float, 0.0, "inner weight decay", check=lambda v: v >= 0, check_doc=">= 0"),
         positive("hyper_lr", float, 1e-3, "FT learning rate"),
         Param("hyper_optimizer", str, "adam", "FT optimiser", choices=HYPER_OPTIMISER_NAMES),

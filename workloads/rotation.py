@@ -21,7 +21,7 @@ from torch import Tensor
 from harness.core.params import Param, positive
 from workloads.backbones import BACKBONES
 from workloads.base import (HYPER_OPTIMISER_NAMES, BilevelProblem, ClassifierProblem, HyperOptim, InnerOptim,
-                            Workload)
+                            Workload, inner_optimizer_param)
 from workloads.data import BatchStream, Split, stratified_split
 from workloads.datasets import MNIST_LIKE, check_mnist, load_mnist
 
@@ -80,7 +80,7 @@ class RotationProblem(ClassifierProblem):
         self.model = BACKBONES.get(backbone)(num_classes=10, width=p["width"], in_channels=1,
                                              image_size=size, stem="cifar").to(device)
         self.hparams = {"angle": torch.tensor(float(p["angle0"]), device=device, requires_grad=True)}
-        self.inner = InnerOptim(lr=p["lr"], momentum=p["momentum"])
+        self.inner = InnerOptim(kind=p["inner_optimizer"], lr=p["lr"], momentum=p["momentum"])
         self.hyper = HyperOptim(p["hyper_optimizer"], p["hyper_lr"])
         self.train_stream = BatchStream(splits["train"], p["batch_size"], seed=seed * 7919 + 1)
         self.val_stream = BatchStream(self.val_split, p["batch_size"], seed=seed * 7919 + 2)
@@ -108,10 +108,13 @@ class LearnedRotation(Workload):
         Param("angle0", float, 0.0, "initial learned angle, degrees"),
         positive("image_size", int, 28, "digits are upsampled to this size (MNIST is 28)"),
         positive("width", int, 6, "LeNet: first conv channels; ResNet: first stage channels"),
-        positive("batch_size", int, 64, "training and validation batch size"),
-        positive("lr", float, 0.05, "inner SGD learning rate"),
-        Param("momentum", float, 0.9, "inner SGD momentum", check=lambda v: 0 <= v < 1, check_doc="in [0, 1)"),
-        positive("hyper_lr", float, 1.0, "angle learning rate (degrees per unit step)"),
+        positive("batch_size", int, 128, "training and validation batch size (the notebook's 128)"),
+        inner_optimizer_param("adam", "the EvoGrad rotation notebook: Adam 1e-3"),
+        positive("lr", float, 1e-3, "inner learning rate"),
+        Param("momentum", float, 0.9, "inner SGD momentum (sgd only)", check=lambda v: 0 <= v < 1,
+              check_doc="in [0, 1)"),
+        positive("hyper_lr", float, 0.573, "angle learning rate, degrees per unit step (the notebook's "
+                 "Adam 1e-2 on the angle in radians is 0.573 degrees)"),
         Param("hyper_optimizer", str, "adam", "angle optimiser", choices=HYPER_OPTIMISER_NAMES),
         positive("val_per_class", int, 10, "rotated validation samples per class"),
         positive("test_per_class", int, 40, "digits: rotated test samples per class"),

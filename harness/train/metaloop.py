@@ -51,7 +51,8 @@ class MetaTrainer:
 
     def hyper_step(self) -> None:
         batches = self.train_stream.peek(self.estimator.n_train_batches)
-        inputs = HyperStepInputs(self.problem, batches, next(self.val_stream), self.lr, self.step)
+        inputs = HyperStepInputs(self.problem, batches, next(self.val_stream), self.lr, self.step,
+                                 self.update_derivative)
         hypergrad = self.estimator.hypergradient(inputs)
         if hypergrad is None:
             return
@@ -60,6 +61,10 @@ class MetaTrainer:
             bad = ~torch.isfinite(p.grad).all()
             self._bad_hypergrad = bad if self._bad_hypergrad is None else self._bad_hypergrad | bad
         self.hyper_opt.step()
+
+    def update_derivative(self) -> dict[str, Tensor | float]:
+        """The real optimiser's d(update)/d(gradient) per weight now (InnerOptim)."""
+        return dict(zip(self.problem.weights, self.problem.inner.update_derivative(self.inner_opt)))
 
     def inner_step(self) -> Tensor:
         batch = next(self.train_stream)
