@@ -23,6 +23,10 @@ class Split:
     def to(self, device: torch.device) -> "Split":
         return Split(self.x.to(device), self.y.to(device))
 
+    def rows(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        idx = idx.to(self.y.device)
+        return self.x[idx], self.y[idx]
+
 
 def load_digits_images(size: int = 32, channels: int = 3) -> tuple[Tensor, Tensor]:
     """The 1797 real 8x8 handwritten digits, bilinearly upsampled and standardised.
@@ -79,7 +83,8 @@ def stratified_split(y: Tensor, sizes_per_class: list[int], rng: np.random.Gener
 
 
 class BatchStream:
-    """An endless stream of minibatches, reshuffled each epoch by its own seeded generator."""
+    """An endless stream of minibatches, reshuffled each epoch by its own seeded generator,
+    of any split with `len` and `rows(indices) -> tuple of tensors`."""
 
     def __init__(self, split: Split, batch_size: int, seed: int):
         self.split = split
@@ -88,13 +93,13 @@ class BatchStream:
         self._order: Tensor = torch.empty(0, dtype=torch.long)
         self._pos = 0
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         return self
 
-    def __next__(self) -> tuple[Tensor, Tensor]:
+    def __next__(self) -> tuple[Tensor, ...]:
         if self._pos + self.batch_size > len(self._order):
             self._order = torch.randperm(len(self.split), generator=self.gen)
             self._pos = 0
-        idx = self._order[self._pos:self._pos + self.batch_size].to(self.split.y.device)
+        idx = self._order[self._pos:self._pos + self.batch_size]
         self._pos += self.batch_size
-        return self.split.x[idx], self.split.y[idx]
+        return self.split.rows(idx)
