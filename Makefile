@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup bench cost scaling overhead test pytest-bench list clean
+.PHONY: setup bench cost scaling scaling-transformer overhead test pytest-bench list clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ cost: $(STAMP)
 # ARGS="--set device=cuda").
 scaling: $(STAMP)
 	$(PY) -m harness run scaling $(ARGS)
+
+# Cost only on MetaXL's transformer: 2/6/12 layers at hidden 256 and XLM-R base at 128 tokens.
+scaling-transformer: $(STAMP)
+	$(PY) -m harness run scaling-transformer $(ARGS)
 
 # Benchmark of the harness's own timing overhead (ResNet18, unroll and evograd).
 overhead: $(STAMP)

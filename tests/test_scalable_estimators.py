@@ -34,7 +34,12 @@ def _seeded(est, inputs, seed: int = 7):
     return est.hypergradient(inputs)
 
 
-@pytest.mark.parametrize("workload,params", [("mwn", {"width": 4, "batch_size": 16}), ("lft", {"width": 4})])
+METAXL_TINY = {"layers": 2, "hidden": 16, "heads": 2, "intermediate": 32, "bottleneck": 8, "max_len": 24,
+               "source_size": 64, "target_size": 16, "dev_size": 16, "test_size": 16}
+
+
+@pytest.mark.parametrize("workload,params", [("mwn", {"width": 4, "batch_size": 16}), ("lft", {"width": 4}),
+                                             ("metaxl", METAXL_TINY)])
 @pytest.mark.parametrize("T", [1, 3])
 def test_mixed_mode_unroll_equals_reverse_over_reverse(workload, params, T):
     problem, trainer = _trained(workload, **params)

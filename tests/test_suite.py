@@ -45,7 +45,9 @@ def test_settings_have_defaults_and_overrides(tmp_path):
 def test_builtin_suite_is_found_by_name_and_is_valid():
     suite = load_suite(find_suite("default"))
     names = {(c.workload, c.estimator) for c in suite.cells}
-    for w in ("toy1d", "mwn"):
+    from workloads import WORKLOADS
+    assert {c.workload for c in suite.cells} == {name for name, _ in WORKLOADS}  # every workload
+    for w in {name for name, _ in WORKLOADS}:
         for e in ("plain", "unroll", "t1t2", "evograd", "hyperdistill", "neumann", "sama"):
             assert (w, e) in names
     assert all(c.fidelity["checkpoints"] > 0 for c in suite.cells)

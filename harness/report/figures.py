@@ -180,9 +180,10 @@ def training_curves(curves: pd.DataFrame) -> Figure | None:
 
 
 def memory_frontier(front: pd.DataFrame) -> Figure | None:
-    """What fits in each memory budget: per estimator, the deepest backbone (colour) and the
-    largest batch (label) whose hyper-step peak fits; blank where nothing fits."""
-    if front.empty or front["depth"].isna().all():
+    """What fits in each memory budget: per estimator, the largest model (colour: ResNet depth,
+    or log10 of the parameters for models named without a depth) and the largest batch
+    (label) whose hyper-step peak fits; blank where nothing fits."""
+    if front.empty or front["backbone"].isna().all():
         return None
     from harness.core.units import format_size
 
@@ -191,13 +192,16 @@ def memory_frontier(front: pd.DataFrame) -> Figure | None:
                              squeeze=False)
     for ax, workload in zip(axes[0], workloads):
         g = front[front["workload"] == workload]
-        depth = g.pivot(index="variant", columns="budget_bytes", values="depth").reindex(
+        by_depth = g["depth"].notna().any()
+        g = g.assign(size=g["depth"] if by_depth else np.log10(g["n_params"].astype(float)))
+        depth = g.pivot(index="variant", columns="budget_bytes", values="size").reindex(
             list(dict.fromkeys(g["variant"])))
         label = g.assign(text=[f"{b}\nbatch {int(n)}" if isinstance(b, str) else "" for b, n in
                                zip(g["backbone"], g["batch_size"].fillna(0))]).pivot(
             index="variant", columns="budget_bytes", values="text").reindex(depth.index)
-        sns.heatmap(depth, annot=label.to_numpy(), fmt="", cmap="viridis", cbar_kws={"label": "ResNet depth"},
-                    ax=ax, linewidths=0.5, annot_kws={"fontsize": 6}, vmin=0)
+        sns.heatmap(depth, annot=label.to_numpy(), fmt="", cmap="viridis",
+                    cbar_kws={"label": "ResNet depth" if by_depth else "log10 parameters"},
+                    ax=ax, linewidths=0.5, annot_kws={"fontsize": 6}, vmin=0 if by_depth else None)
         ax.set_xticklabels([format_size(b) for b in depth.columns])
         ax.set_xlabel("memory budget")
         ax.set_ylabel("")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.core.schema import PROVENANCE
+from harness.core.schema import ACCURACY_MEANS, PROVENANCE
 from harness.core.units import format_size
 from harness.report import figures
 from harness.report.tables import Reference
@@ -52,6 +52,9 @@ def _cost_tables(table: pd.DataFrame, reference: Reference) -> str:
         ref = next((v for v in g["reference"] if v), "")
         note = (f"reference: {_e(ref)}" if ref else
                 f"no finished {_e(reference)} cell here, so no x ref columns")
+        means = ACCURACY_MEANS.get(str(workload).split("(")[0])
+        if means:
+            note += f"; test accuracy here is the {_e(means)}"
         rows = [[_e(r["variant"]), _e(r["status"]) + (" &dagger;" if r["timing_shared"] else ""),
                  _num(r["hyper_ms"]), _num(r["time_x_plain"]),
                  _num(r["mem_x_plain"]), _num(r["flops_x_plain"]), _num(r["time_x_ref"]),
@@ -129,8 +132,9 @@ pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}"""
 def _frontier_section(table: pd.DataFrame) -> str:
     if table.empty:
         return ""
-    parts = ["<h2>Memory frontier</h2><p class='note'>For each budget, each estimator's deepest "
-             "backbone, then largest training batch (samples), whose measured hyper-step peak fits "
+    parts = ["<h2>Memory frontier</h2><p class='note'>For each budget, each estimator's largest model "
+             "(the deepest ResNet; for transformers, the most parameters), then largest training batch "
+             "(samples), whose measured hyper-step peak fits "
              "(peak MB as in the tables). &mdash;: nothing measured fits.</p>"]
     budgets = sorted(table["budget_bytes"].unique())
     for workload, g in table.groupby("workload", sort=False):
