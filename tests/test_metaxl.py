@@ -260,3 +260,21 @@ def test_the_xlmr_base_preset_has_xlmr_base_size():
     with torch.device("meta"):
         model = build_model(arch, P - 2, seed=0)
     assert sum(p.numel() for p in model.parameters()) == embeddings + L * layer + H * C + C
+
+
+def test_hgbench_run_on_metaxl_isolated_cells_and_the_report_says_f1(tmp_path):
+    import pandas as pd
+    import yaml
+
+    from harness.cli import main
+    suite = {"name": "mx", "train_steps": 3, "warmup_steps": 1, "timed_steps": 1, "curve_points": 1,
+             "fidelity": {"checkpoints": 1, "reference_T": 2, "draws": 1},
+             "workloads": [{"name": "metaxl", "params": TINY}],
+             "estimators": ["plain", {"name": "unroll", "params": {"T": 1, "backend": "mixed"}}, "sama"]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
+    assert main(["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    rows = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert set(rows["status"]) == {"ok"} and rows["test_accuracy"].between(0, 1).all()
+    assert (rows["n_hparams"] == 16 * 8 + 8 + 8 * 17 + 17).all()   # RTN 16 -> 8 -> 16 + 1
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "entity-level F1 on the target-language test set" in page
