@@ -53,7 +53,7 @@ def test_builtin_suite_is_found_by_name_and_is_valid():
     assert all(c.fidelity["checkpoints"] > 0 for c in suite.cells)
     backends = {c.estimator_params["backend"] for c in suite.cells if c.estimator == "unroll"}
     modes = {c.estimator_params["mode"] for c in suite.cells if c.estimator == "t1t2"}
-    assert backends == {"func"} and modes == {"exact", "fd"}
+    assert backends == {"func"} and modes == {"exact"}
 
 
 BAD = [

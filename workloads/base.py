@@ -215,6 +215,9 @@ class Workload(ABC):
     params: tuple[Param, ...] = ()
     backbones: tuple[str, ...] = ("none",)  # the first is the default
     doc: str = ""
+    # Modules its cells import that torch and hgbench do not: the forkserver imports them
+    # once for the whole run instead of once per cell process.
+    preload: tuple[str, ...] = ()
 
     def default_backbone(self, params: Mapping[str, Any]) -> str:
         """The backbone a suite entry gets when it names none."""

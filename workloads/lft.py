@@ -170,6 +170,7 @@ class LFTProblem(BilevelProblem):
 
 class LearnedFeatureWiseTransform(Workload):
     name = "lft"
+    preload = ("sklearn.datasets",)
     doc = ("cross-domain few-shot learning (RelationNet) with learned feature-wise transformations; "
            "digit domains by default, image folders from paths")
     backbones = ("resnet10", "resnet18", "resnet34")

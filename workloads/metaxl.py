@@ -206,6 +206,7 @@ class JointStream:
 
 class MetaXL(Workload):
     name = "metaxl"
+    preload = ("transformers.models.xlm_roberta.modeling_xlm_roberta",)
     doc = ("MetaXL cross-lingual NER: an RTN inside an XLM-RoBERTa token classifier (random weights) "
            "transforms source-language states; seeded synthetic languages or WikiAnn files from a path")
     backbones = ("xlmr", *PRESETS)

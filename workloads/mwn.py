@@ -107,6 +107,7 @@ class MWNProblem(ClassifierProblem):
 
 class MetaWeightNet(Workload):
     name = "mwn"
+    preload = ("sklearn.datasets",)
     doc = ("Meta-Weight-Net label-noise learning on scikit-learn's digits (32x32, 3 channels), "
            "CIFAR-10/100 from a path, or synthetic data")
     backbones = ("resnet10", "resnet18", "resnet34", "resnet32")

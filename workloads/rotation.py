@@ -96,6 +96,7 @@ class RotationProblem(ClassifierProblem):
 
 class LearnedRotation(Workload):
     name = "rotation"
+    preload = ("sklearn.datasets",)
     doc = ("a learned rotation angle for upright training images so the model fits images rotated "
            "by test_angle (digits; MNIST-style sets from a path)")
     backbones = ("lenet", "resnet10")

@@ -17,15 +17,22 @@ from harness.run.cell import execute_cell
 from harness.run.executors import Executor, LocalExecutor
 from harness.run.isolation import run_isolated
 from harness.run.provenance import now_iso, run_provenance
+from workloads import WORKLOADS
 
 
-def cell_row(cell: Cell, isolate: bool = True, run_info: dict[str, Any] | None = None) -> dict[str, Any]:
+def preload_modules(cells: Iterable[Cell]) -> tuple[str, ...]:
+    """What the cells' workloads import (`Workload.preload`), for the forkserver."""
+    return tuple(dict.fromkeys(m for c in cells for m in WORKLOADS.get(c.workload).preload))
+
+
+def cell_row(cell: Cell, isolate: bool = True, run_info: dict[str, Any] | None = None,
+             preload: tuple[str, ...] = ()) -> dict[str, Any]:
     """One results row for a cell, run in its own process unless `isolate` is False. Runs
     where the cell runs (a Ray worker too), so host and times are that machine's."""
     row: dict[str, Any] = {**cell.identity(), **(run_info or run_provenance()),
                            "hostname": socket.gethostname(), "start_time": now_iso()}
     start = time.perf_counter()
-    row.update(run_isolated(execute_cell, cell, cell.timeout_s) if isolate else execute_cell(cell))
+    row.update(run_isolated(execute_cell, cell, cell.timeout_s, preload) if isolate else execute_cell(cell))
     if not isolate and row.get("memory_method"):
         row["memory_note"] = ((row.get("memory_note") or "") + " in-process (--in-process): memory freed by "
                               "earlier cells stays in this heap and may be counted").strip()
@@ -38,6 +45,8 @@ def sweep(cells: Iterable[Cell], executor: Executor | None = None, isolate: bool
     executor lost (its worker died) is an `error` row of that cell."""
     info = run_provenance()
     executor = executor or LocalExecutor()
-    for cell, result in executor.run(cells, functools.partial(cell_row, isolate=isolate, run_info=info)):
+    cells = list(cells)
+    run = functools.partial(cell_row, isolate=isolate, run_info=info, preload=preload_modules(cells))
+    for cell, result in executor.run(cells, run):
         yield result if isinstance(result, dict) else {
             **cell.identity(), **info, "status": "error", "error": f"the executor lost the cell: {result}"}
