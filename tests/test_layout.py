@@ -120,6 +120,19 @@ def test_the_forkserver_preloads_the_module_that_runs_cells():
     assert execute_cell.__module__ in isolation.PRELOAD
 
 
+def test_the_forkserver_also_preloads_what_the_runs_workloads_import():
+    from harness.plan.suite import build_suite
+    from harness.run.sweep import preload_modules
+    from workloads import WORKLOADS
+
+    for _, workload in WORKLOADS:
+        for name in workload.preload:
+            importlib.import_module(name)          # each named module exists
+    cells = build_suite({"workloads": ["toy1d", "mwn", "rotation"], "estimators": ["plain"]}).cells
+    assert preload_modules(cells) == ("sklearn.datasets",)
+    assert preload_modules(cells[:1]) == ()
+
+
 # ------------------------------------------------------------------ one schema
 
 
