@@ -241,11 +241,20 @@ def test_missing_wikiann_files_and_tokenizer_are_named(tmp_path):
 @pytest.mark.parametrize("params,message", [
     ({"hidden": 30, "heads": 4}, "multiple of heads"),
     ({"rtn_layer": 3}, "past the last layer"),
-    ({"vocab_size": 100}, "synthetic languages need at least"),
+    ({"vocab_size": 100}, "synthetic languages need 511 ids; xlmr has 100"),
 ])
 def test_metaxl_settings_are_checked_when_the_suite_loads(params, message):
     with pytest.raises(ConfigError, match=message):
         build_suite({"workloads": [{"name": "metaxl", "params": params}], "estimators": ["plain"]})
+
+
+def test_a_preset_backbone_is_checked_with_its_own_sizes():
+    """rtn_layer 12 is past a 2-layer `xlmr` but fine on the 12-layer preset; a small
+    vocab_size setting does not apply to the preset's own vocabulary."""
+    entry = {"name": "metaxl", "backbone": "xlmr-base", "params": {"rtn_layer": 12, "vocab_size": 100}}
+    assert len(build_suite({"workloads": [entry], "estimators": ["plain"]}).cells) == 1
+    with pytest.raises(ConfigError, match="rtn_layer: 12 is past the last layer of xlmr"):
+        build_suite({"workloads": [dict(entry, backbone="xlmr", params={"rtn_layer": 12})], "estimators": ["plain"]})
 
 
 def test_the_xlmr_base_preset_has_xlmr_base_size():

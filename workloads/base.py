@@ -227,6 +227,9 @@ class Workload(ABC):
         """Checks that need more than one parameter, or the file system (a dataset's path),
         made when the suite loads so that no cell starts on a bad setting."""
 
+    def validate_backbone(self, params: Mapping[str, Any], backbone: str, where: str) -> None:
+        """Checks of parameters against the backbone's own sizes (a preset), at load."""
+
     @abstractmethod
     def build(self, params: Mapping[str, Any], backbone: str, seed: int,
               device: torch.device) -> BilevelProblem: ...

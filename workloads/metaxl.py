@@ -33,7 +33,7 @@ from workloads.base import (HYPER_OPTIMISER_NAMES, BilevelProblem, HyperOptim, I
                             inner_optimizer_param)
 from workloads.data import BatchStream
 from workloads.metaxl_data import (IGNORE, TAGS, TokenSplit, check_panx, entity_f1, panx_splits,
-                                   synthetic_splits, synthetic_vocab_needed, tag_sequences)
+                                   synthetic_splits, synthetic_vocab_needed, tag_sequences, tokenizer_vocab)
 
 # Sizes of the named presets (backbones); `xlmr` takes them from the parameters.
 PRESETS = {"xlmr-base": {"layers": 12, "hidden": 768, "heads": 12, "intermediate": 3072, "vocab_size": 250002}}
@@ -246,22 +246,23 @@ class MetaXL(Workload):
     )
 
     def validate(self, params, where: str) -> None:
-        arch = {k: params[k] for k in ARCH}
-        if arch["hidden"] % arch["heads"]:
-            raise ConfigError(f"{where}: hidden ({arch['hidden']}) must be a multiple of heads ({arch['heads']})")
-        if params["rtn_layer"] > arch["layers"]:
-            raise ConfigError(f"{where}.rtn_layer: {params['rtn_layer']} is past the last layer "
-                              f"({arch['layers']}); use 0..layers or -1 for the middle")
-        if params["data"] == "synthetic" and arch["vocab_size"] < synthetic_vocab_needed():
-            raise ConfigError(f"{where}.vocab_size: the synthetic languages need at least "
-                              f"{synthetic_vocab_needed()} ids; got {arch['vocab_size']}")
         if params["data"] == "panx":
             if not params["data_root"] or not params["tokenizer"]:
                 raise ConfigError(f"{where}: data panx needs data_root and tokenizer (a local tokenizer.json)")
-            needed = check_panx(params["data_root"], params["source_lang"], params["target_lang"], params["tokenizer"])
-            if arch["vocab_size"] < needed:
-                raise ConfigError(f"{where}.vocab_size: the tokenizer needs {needed} ids (its vocabulary "
-                                  f"+ 4 specials); got {arch['vocab_size']}")
+            check_panx(params["data_root"], params["source_lang"], params["target_lang"], params["tokenizer"])
+
+    def validate_backbone(self, params, backbone: str, where: str) -> None:
+        """Sizes as the backbone has them: `xlmr` from the parameters, a preset its own."""
+        arch = architecture(params, backbone)
+        if arch["hidden"] % arch["heads"]:
+            raise ConfigError(f"{where}: hidden ({arch['hidden']}) must be a multiple of heads ({arch['heads']})")
+        if params["rtn_layer"] > arch["layers"]:
+            raise ConfigError(f"{where}.rtn_layer: {params['rtn_layer']} is past the last layer of "
+                              f"{backbone} ({arch['layers']}); use 0..layers or -1 for the middle")
+        needed, what = ((synthetic_vocab_needed(), "the synthetic languages need") if params["data"] == "synthetic"
+                        else (tokenizer_vocab(params["tokenizer"]), "the tokenizer needs (its vocabulary + 4 specials)"))
+        if arch["vocab_size"] < needed:
+            raise ConfigError(f"{where}.vocab_size: {what} {needed} ids; {backbone} has {arch['vocab_size']}")
 
     def build(self, params, backbone, seed, device) -> BilevelProblem:
         return MetaXLProblem(params, backbone, seed, device)

@@ -213,13 +213,16 @@ def panx_splits(data_root: str, source: str, target: str, tokenizer_path: str, m
             "target_test": read(target, "test").take(sizes["target_test"])}
 
 
-def check_panx(data_root: str, source: str, target: str, tokenizer_path: str) -> int:
-    """At suite load: every file there and well formed, the tokenizer readable. Returns the
-    vocabulary the model needs (the tokenizer's + the specials)."""
-    tok = load_tokenizer(tokenizer_path)
+def check_panx(data_root: str, source: str, target: str, tokenizer_path: str) -> None:
+    """At suite load: every file there and well formed, the tokenizer readable."""
+    load_tokenizer(tokenizer_path)
     for lang, split in [(source, "train"), (target, "train"), (target, "dev"), (target, "test")]:
         read_panx(Path(data_root) / lang / split)
-    return tok.get_vocab_size() + SPECIALS
+
+
+def tokenizer_vocab(tokenizer_path: str) -> int:
+    """The vocabulary the model needs for this tokenizer: its own + the 4 specials."""
+    return load_tokenizer(tokenizer_path).get_vocab_size() + SPECIALS
 
 # ------------------------------------------------------------------ entity-level F1
 

@@ -224,6 +224,7 @@ def build_suite(raw: Any, source: str = "<suite>") -> Suite:
                 if b not in workload.backbones:
                     raise ConfigError(f"{where}.backbone: {b!r} is not a backbone of {workload.name} "
                                       f"(known: {', '.join(workload.backbones)})")
+                workload.validate_backbone(params, b, f"{where}.params")
                 workload_variants.append((workload.name, b, params))
 
     estimator_variants = []
