@@ -15,6 +15,7 @@ import torch
 from harness.train.metaloop import MetaTrainer
 from tests.helpers import build, cosine, estimator, inputs_for, rel_err
 from tests.quadratic import Quadratic
+from tests.test_metaxl import TINY as METAXL_TINY
 from tests.test_estimators import _FixedInputMWN
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,8 +35,6 @@ def _seeded(est, inputs, seed: int = 7):
     return est.hypergradient(inputs)
 
 
-METAXL_TINY = {"layers": 2, "hidden": 16, "heads": 2, "intermediate": 32, "bottleneck": 8, "max_len": 24,
-               "source_size": 64, "target_size": 16, "dev_size": 16, "test_size": 16}
 
 
 @pytest.mark.parametrize("workload,params", [("mwn", {"width": 4, "batch_size": 16}), ("lft", {"width": 4}),
