@@ -96,8 +96,9 @@ class MetaXLProblem(BilevelProblem):
         sizes = {"source_train": p["source_size"], "target_train": p["target_size"],
                  "target_meta": p["target_size"], "target_dev": p["dev_size"], "target_test": p["test_size"]}
         if p["data"] == "synthetic":
-            # target_meta draws fresh sentences only to keep the generator's stream simple;
-            # MetaXL meta-learns on the target training sentences themselves, as here:
+            # MetaXL meta-learns on the target training sentences themselves, so the drawn
+            # `target_meta` split is replaced. It is still drawn (100 short sentences) so that
+            # the dev and test draws after it, and the F1 figures measured on them, stay as they are.
             splits = synthetic_splits(seed, sizes, p["max_len"])
             splits["target_meta"] = splits["target_train"]
         else:
