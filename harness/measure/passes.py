@@ -73,7 +73,21 @@ def _peak(fn, device: torch.device) -> dict[str, Any]:
 def memory_pass(trainer: MetaTrainer, device: torch.device) -> dict[str, Any]:
     """Peaks of the hyper-step, the plain step, a real inner step (a plain meta-iteration)
     and a whole meta-iteration (hyper-step then real step), then the bytes autograd saves.
-    The real steps move the probe copy on; it is never trained."""
+    The real steps move the probe copy on; it is never trained.
+
+    Every peak starts with a garbage collection. What is alive now (modules, the model, the
+    data: in a test or `--in-process` run, a whole interpreter's objects) is collected once
+    and then frozen out of the collector's sight for the pass, so each of those collections
+    scans only what the pass created (0.26 s each to a few ms in a test process)."""
+    gc.collect()
+    gc.freeze()
+    try:
+        return _memory_pass(trainer, device)
+    finally:
+        gc.unfreeze()
+
+
+def _memory_pass(trainer: MetaTrainer, device: torch.device) -> dict[str, Any]:
     hyper = _peak(trainer.hyper_step, device)
     plain = _peak(trainer.plain_step, device)
     inner = _peak(trainer.inner_step, device)
