@@ -83,10 +83,29 @@ MEMORY_COLUMNS = ["peak_rss_delta_bytes", "peak_alloc_bytes", "peak_reserved_byt
                   "plain_peak_bytes", "mem_x_plain", "inner_peak_bytes", "iter_peak_bytes", "iter_mem_x_plain",
                   "graph_bytes", "plain_graph_bytes", "graph_x_plain", "memory_method", "memory_note"]
 FLOPS_COLUMNS = ["hyper_flops", "plain_flops", "inner_flops", "flops_x_plain", "flop_efficiency"]
-# Hypergradient fidelity: means over checkpoints (and draws), each with its standard deviation.
-FIDELITY_METRICS = ("fid_cos_1step", "fid_cos_long", "fid_sign_long", "fid_relerr_long",
-                    "fid_cos_exact", "fid_relerr_exact")
-FIDELITY_COLUMNS = [c for m in FIDELITY_METRICS for c in (m, m + "_std")]
+# Hypergradient fidelity (harness.train.fidelity), against each reference, computed at the
+# same checkpoint on the same weights and batches: name -> what it is.
+FIDELITY_REFERENCES = {
+    "1step": "the one-step lookahead (unroll T=1 at the workload's learning rate)",
+    "long": "a long unroll (T = fid_reference_T)",
+    "small": "the one-step lookahead's limit as its step goes to 0 (first order in the step, no "
+             "step taken: EvoGrad's target)",
+    "exact": "the closed form (where the workload has one)",
+}
+FIDELITY_MEASURES = ("cos", "relerr", "sign")  # per draw: cosine, relative error, sign agreement
+# Means over checkpoints (and draws), each with its standard deviation: per draw against each
+# reference; for stochastic estimators also the cosine of the mean of a checkpoint's draws
+# (`meancos`, the bias in direction) and the draws' relative variance.
+FIDELITY_METRICS = (*(f"fid_{m}_{r}" for r in FIDELITY_REFERENCES for m in FIDELITY_MEASURES),
+                    *(f"fid_meancos_{r}" for r in FIDELITY_REFERENCES), "fid_relvar")
+# Where the checkpoints were (`own`: the cell's meta-training; `shared`: plain training with
+# the hyperparameters held, the same for every cell of a workload and seed), the long
+# unroll's T and the draws per checkpoint; for stochastic estimators, the reference
+# the mean of draws matches best and how many draws its mean needs to reach cosine
+# FIDELITY_TARGET_COS with it (empty: not within the draws taken).
+FIDELITY_FACTS = ["fid_trajectory", "fid_reference_T", "fid_draws", "fid_best_ref", "fid_draws_to_target"]
+FIDELITY_TARGET_COS = 0.9
+FIDELITY_COLUMNS = [c for m in FIDELITY_METRICS for c in (m, m + "_std")] + FIDELITY_FACTS
 OUTCOME_COLUMNS = ["test_accuracy", "test_accuracy_ci95", "final_val_loss", "metrics"]
 # Workloads whose `test_accuracy` column holds another score (the report says which).
 ACCURACY_MEANS = {"metaxl": "entity-level F1 on the target-language test set"}
@@ -111,10 +130,10 @@ SUMMARY_COLUMNS = ["workload", "backbone", "estimator", "variant", "params", "ce
                    "hyper_ms", "hyper_iqr_ms", "step_ms", "peak_mb", "graph_mb", "gflops",
                    "time_x_plain", "mem_x_plain", "iter_mem_x_plain", "flops_x_plain", "flop_efficiency",
                    "time_x_ref", "mem_x_ref", "flops_x_ref", "reference",
-                   "fid_cos_1step", "fid_cos_long", "acc_mean", "acc_ci95", "n_seeds", "timing_shared"]
+                   *FIDELITY_METRICS, *FIDELITY_FACTS, "acc_mean", "acc_ci95", "n_seeds", "timing_shared"]
 # What `hgbench run` prints of the summary when it ends.
 CONSOLE_COLUMNS = ["workload", "backbone", "variant", "status", "hyper_ms", "time_x_plain", "mem_x_plain",
-                   "flops_x_plain", "flop_efficiency", "fid_cos_1step", "fid_cos_long", "acc_mean", "n_seeds"]
+                   "flops_x_plain", "flop_efficiency", "fid_cos_1step", "fid_cos_small", "fid_meancos_small", "acc_mean", "n_seeds"]
 
 # What a pytest-benchmark JSON (tests/benchmarks) carries per benchmark in `extra_info`.
 BENCH_CARRIED = ("workload", "backbone", "estimator", "params", "seed", "device", "time_x_plain",

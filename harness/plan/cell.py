@@ -37,7 +37,7 @@ Cell = make_dataclass(
     [("workload", str), ("backbone", str), ("workload_params", Mapping[str, Any]), ("estimator", str),
      ("estimator_params", Mapping[str, Any]), ("seed", int),
      *((col, schema.SETTINGS[name].type) for name, col in schema.SETTING_COLUMN.items()),
-     ("fidelity", Mapping[str, int], field(default_factory=dict))],  # plan.fidelity.PARAMS
+     ("fidelity", Mapping[str, Any], field(default_factory=dict))],  # plan.fidelity.PARAMS
     namespace={"params_json": property(_params_json), "identity": _identity, "key": _key,
                "label": _label, "to_dict": asdict},
     frozen=True)
@@ -47,7 +47,7 @@ Cell.__doc__ = __doc__.splitlines()[0]
 
 def make_cell(workload: str, backbone: str, workload_params: Mapping[str, Any], estimator: str,
               estimator_params: Mapping[str, Any], seed: int, settings: Mapping[str, Any],
-              fidelity: Mapping[str, int]) -> "Cell":
+              fidelity: Mapping[str, Any]) -> "Cell":
     """A cell from resolved suite `settings` (keyed by setting name, as `SETTINGS`)."""
     return Cell(workload=workload, backbone=backbone, workload_params=workload_params, estimator=estimator,
                 estimator_params=estimator_params, seed=seed, fidelity=fidelity,

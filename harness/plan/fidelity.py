@@ -14,10 +14,14 @@ PARAMS = (
           check=lambda v: v >= 1, check_doc=">= 1"),
     Param("draws", int, 3, "draws per checkpoint for stochastic estimators",
           check=lambda v: v >= 1, check_doc=">= 1"),
+    Param("trajectory", str, "own", "own: checkpoints on the cell's meta-training; shared: on a "
+          "copy trained without hyper-steps (hyperparameters at their initial values), so every "
+          "estimator of a workload and seed is measured at the same weights and batches",
+          choices=("own", "shared")),
 )
 
 
-def resolve_spec(raw: Any, where: str = "suite.fidelity") -> dict[str, int]:
+def resolve_spec(raw: Any, where: str = "suite.fidelity") -> dict[str, Any]:
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping such as {{checkpoints: 3, reference_T: 20}}")
     return resolve(PARAMS, raw, where)

@@ -80,8 +80,14 @@ def run_cell(cell: Cell) -> dict[str, Any]:
                                        f"memory_budget_bytes={cell.memory_budget_bytes}")
         return out
 
-    trainer = build_trainer(cell, device, cell.train_steps, cell.hyper_every)
     fidelity = FidelityProbe(cell.fidelity, cell.train_steps) if cell.fidelity["checkpoints"] else None
+    if fidelity is not None and cell.fidelity["trajectory"] == "shared":
+        shared = build_trainer(cell, device, cell.train_steps, cell.hyper_every)
+        shared.train(cell.train_steps, before_step=fidelity, hyper=False)
+        out.update(fidelity.columns())
+        del shared
+        fidelity = None
+    trainer = build_trainer(cell, device, cell.train_steps, cell.hyper_every)
     curve = CurveLog(cell.train_steps, cell.curve_points)
     probes = [p for p in (fidelity, curve) if p is not None]
     trainer.train(cell.train_steps, before_step=lambda t: [probe(t) for probe in probes])

@@ -104,12 +104,14 @@ class MetaTrainer:
             self.hyper_step()
         self.inner_step()
 
-    def train(self, steps: int, before_step: Callable[["MetaTrainer"], None] | None = None) -> None:
-        """`steps` meta-iterations; `before_step(self)` runs before each (fidelity probes)."""
+    def train(self, steps: int, before_step: Callable[["MetaTrainer"], None] | None = None,
+              hyper: bool | None = None) -> None:
+        """`steps` meta-iterations; `before_step(self)` runs before each (fidelity probes);
+        `hyper=False` skips every hyper-step (plain training, hyperparameters held)."""
         for _ in range(steps):
             if before_step is not None:
                 before_step(self)
-            self.iteration()
+            self.iteration(hyper)
         self.check_finite()
 
     def check_finite(self) -> None:
