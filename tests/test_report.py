@@ -2,6 +2,7 @@
 pytest-benchmark JSON rendered as a report."""
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import subprocess
@@ -262,3 +263,88 @@ def test_cost_only_rows_report_no_accuracy():
     table = summary(prepare(to_frame(rows)), Reference.parse("unroll"))
     assert table["acc_mean"].isna().all() and table["n_seeds"].eq(0).all()
     assert summary(prepare(to_frame(_rows([0.1]))), Reference.parse("unroll"))["acc_mean"].notna().all()
+
+
+def test_plain_takes_no_hyper_step_so_its_hyper_step_columns_are_dashes(run_dir):
+    page = (run_dir / "report.html").read_text()
+    plain = page[page.index("<td>plain</td>"):]
+    plain = plain[:plain.index("</tr>")]
+    cells = plain.split("<td>")[1:]
+    assert cells[1].startswith("ok")
+    assert all(c.startswith("&mdash;") for c in cells[2:10]), cells  # hyper-step ms .. peak MB
+    assert "takes no hyper-step" in page
+    evograd = page[page.index("<td>evograd</td>"):]
+    assert "&mdash;" not in evograd[:evograd.index("</tr>")]
+
+
+def test_fidelity_section_names_the_reference_of_every_number(run_dir):
+    page = (run_dir / "report.html").read_text()
+    section = page[page.index("<h2>Hypergradient fidelity</h2>"):page.index("<h2>Memory frontier</h2>")]
+    for ref in ("1step", "long", "small"):
+        assert f"<th>cos vs {ref}</th>" in section and f"<b>{ref}</b>:" in section
+    assert "a long unroll (T = 2)" in section  # the suite's reference_T, from the rows
+    assert "cos vs exact" not in section  # mwn has no closed form
+    assert "<td>plain</td>" not in section  # no hypergradient, no fidelity
+    assert "fidelity cos" not in page[:page.index("<h2>Hypergradient fidelity</h2>")]
+
+
+def _fidelity_rows():
+    """evograd swept over K (at tau 0.05) and tau (at K 2), with known fidelity figures."""
+    rows = []
+    for K, tau, cos_small, meancos_small, cos_1step in ((2, 0.05, 0.2, 0.9, -0.5), (4, 0.05, 0.4, 0.95, -0.4),
+                                                       (8, 0.05, 0.6, 0.97, -0.3), (2, 1.0, 0.1, 0.3, 0.05)):
+        rows.append({"suite": "s", "workload": "mwn", "backbone": "resnet10", "estimator": "evograd",
+                     "params": json.dumps({"estimator": {"K": K, "tau": tau, "noise": "rademacher"}, "workload": {}}),
+                     "seed": 0, "device": "cpu", "status": "ok", "hyper_time_s": 0.1, "hyper_flops": 1e9,
+                     "peak_rss_delta_bytes": 2 ** 20, "device_type": "cpu",
+                     "fid_cos_small": cos_small, "fid_meancos_small": meancos_small,
+                     "fid_relerr_small": 1e11 if K == 8 else 1 - cos_small,  # (a diverging series)
+                     "fid_cos_1step": cos_1step, "fid_meancos_1step": cos_1step, "fid_relerr_1step": 2.0,
+                     "fid_draws": 16, "fid_relvar": 4.0, "fid_best_ref": "small", "fid_draws_to_target": 8})
+    return rows
+
+
+def test_each_swept_knob_gets_a_figure_and_a_sentence_from_its_numbers():
+    from harness.report import sensitivity
+    from harness.store.results import to_frame
+
+    ok = prepare(to_frame(_fidelity_rows()))
+    sweeps = {s.knob: s for s in sensitivity.sweeps(ok)}
+    assert set(sweeps) == {"K", "tau"}  # (noise is text; it never varies anyway)
+    assert list(sweeps["K"].rows["knob_value"]) == [2, 4, 8]
+    assert sorted(sweeps["tau"].rows["knob_value"]) == [0.05, 1.0]  # the K=2 cells only
+    text = sensitivity.sentence(sweeps["K"])
+    # closest by cosine first: a huge relative error somewhere does not hand it to another reference
+    assert text.startswith("mwn / resnet10: closest to small; cosine with it 0.20 at K=2 and 0.60 at K=8 "
+                           "(highest 0.60 at K=8), relative error 0.8 to 1e+11 (lowest 0.6 at K=4)")
+    assert "the mean of 16 draws reaches 0.90 at K=2 and 0.97 at K=8" in text
+    # unbiased draws of relative variance 4 would reach 1/sqrt(1 + 4/16) = 0.89 in the mean
+    assert "one draw's gap is noise" in text
+    assert "negative cosine with 1step at K=2, 4, 8" in text
+    tau = sensitivity.sentence(sweeps["tau"])
+    assert "biased, at tau=1" in tau and "negative cosine" in tau
+    fig = sensitivity.figure(sweeps["K"])
+    assert [ax.get_xlabel() for ax in fig.axes] == ["K"] * 2
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def test_the_sensitivity_suite_runs_and_draws_a_figure_per_knob(tmp_path):
+    """The built-in suite's every estimator and knob end to end, on its toy1d workload and
+    shortened (2 steps, one checkpoint, 3 draws): its MW-Net cells are ordinary fidelity
+    cells (test_fidelity.py), and the suite in full is measured in the README."""
+    out = tmp_path / "run"
+    sets = ["train_steps=2", "fidelity.checkpoints=1", "fidelity.reference_T=3", "fidelity.draws=3",
+            "workloads=[{name: toy1d}]"]
+    assert main(["run", "sensitivity", "--out", str(out), "--quiet", "--in-process",
+                 *(a for s in sets for a in ("--set", s))]) == 0
+    rows = pd.read_csv(out / "results.csv")
+    assert len(rows) == 17 and (rows["status"] == "ok").all()
+    assert rows["fid_cos_exact"].notna().all() and (rows["fid_trajectory"] == "shared").all()
+    page = (out / "report.html").read_text()
+    for estimator, knob in (("evograd", "K"), ("evograd", "sigma"), ("evograd", "tau"), ("t1t2", "fd_scale"),
+                            ("unroll", "T"), ("neumann", "terms")):
+        assert (out / "figures" / f"sensitivity_{estimator}_{knob}.png").stat().st_size > 1000
+        caption = page[page.index(f"id='fig-sensitivity_{estimator}_{knob}'"):]
+        caption = caption[caption.index("<figcaption>"):caption.index("</figcaption>")]
+        assert "toy1d / none: closest to" in caption

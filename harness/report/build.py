@@ -9,12 +9,12 @@ seeds, figures inline as SVG, the environment and the suite that produced the ru
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 
 from harness.core.schema import KEY
-from harness.report import figures
+from harness.report import figures, sensitivity
 from harness.report.frontier import frontier
 from harness.report.html import page
 from harness.report.source import Source
@@ -49,20 +49,33 @@ def _label_curves(curves: pd.DataFrame, prepared: pd.DataFrame) -> pd.DataFrame:
     return curves
 
 
+def _caption(draw: Callable[..., Any]) -> str:
+    return " ".join((draw.__doc__ or "").strip().split("\n\n")[0].split())
+
+
+def _planned_figures(data: dict[str, pd.DataFrame]) -> Iterator[tuple[str, str, Callable[[], Any], str]]:
+    """(file name, heading, drawing, caption) of every figure: the fixed ones, then one per
+    knob swept (its caption the sentence that says what it shows)."""
+    for name, heading, draw, kind in FIGURES:
+        yield name, heading, (lambda draw=draw, kind=kind: draw(data[kind])), _caption(draw)
+    for sweep in sensitivity.sweeps(data["ok"]):
+        yield (sweep.name, sweep.heading, (lambda sweep=sweep: sensitivity.figure(sweep)),
+               _caption(sensitivity.figure) + " " + sensitivity.sentence(sweep))
+
+
 def _draw_figures(data: dict[str, pd.DataFrame], out_dir: Path) -> list[tuple[str, str, str, str]]:
     """Every figure that applies, saved as PNG and PDF: (file name, heading, SVG, caption)."""
     (out_dir / "figures").mkdir(exist_ok=True)
     drawn = []
-    for name, heading, draw, kind in FIGURES:
-        fig = draw(data[kind])
+    for name, heading, draw, caption in _planned_figures(data):
+        fig = draw()
         if fig is None:
             continue
         for ext in ("png", "pdf"):
             fig.savefig(out_dir / "figures" / f"{name}.{ext}", dpi=150)
         svg = figures.to_svg(fig)
         figures.close(fig)
-        doc = " ".join((draw.__doc__ or "").strip().split("\n\n")[0].split())
-        drawn.append((name, heading, svg, doc))
+        drawn.append((name, heading, svg, caption))
     return drawn
 
 

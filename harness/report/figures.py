@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="paper")
 matplotlib.rcParams["svg.fonttype"] = "path"  # text as outlines: no font to fetch
@@ -25,7 +26,7 @@ matplotlib.rcParams["svg.hashsalt"] = "hgbench"  # stable ids, so reports diff c
 matplotlib.rcParams["text.parse_math"] = False
 
 
-def _palette(variants) -> dict[str, tuple]:
+def palette(variants) -> dict[str, tuple]:
     names = sorted(set(variants))
     return dict(zip(names, sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names))))
 
@@ -84,7 +85,7 @@ def depth_scaling(ok: pd.DataFrame) -> Figure | None:
     if data["depth"].nunique() < 2:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    colours = _palette(data["variant"])
+    colours = palette(data["variant"])
     styles = dict(zip(dict.fromkeys(data["workload"]), ["-", "--", ":", "-."] * 4))
     for ax, col, name in zip(axes, ("hyper_ms", "peak_mb", "gflops"),
                              ("hyper-step time (ms)", "hyper-step peak memory (MB)", "hyper-step GFLOPs")):
@@ -112,7 +113,7 @@ def accuracy_vs_cost(acc: pd.DataFrame) -> Figure | None:
         return None
     groups = list(data.groupby(["workload", "backbone"], sort=False))
     fig, axes = plt.subplots(len(groups), 2, figsize=(12, 4 * len(groups)), squeeze=False)
-    colours = _palette(data["variant"])
+    colours = palette(data["variant"])
     for row, ((workload, backbone), g) in zip(axes, groups):
         for ax, col, name in ((row[0], "hyper_ms", "hyper-step time (ms)"),
                               (row[1], "peak_mb", "hyper-step peak memory (MB)")):
@@ -135,21 +136,31 @@ def accuracy_vs_cost(acc: pd.DataFrame) -> Figure | None:
 
 
 def fidelity_vs_cost(ok: pd.DataFrame) -> Figure | None:
-    """Cosine of each estimator's hypergradient with the long-unroll reference against its
-    time and memory (x plain step)."""
+    """Cosine of each estimator's hypergradient with the long unroll (reference `long`)
+    against its time and memory (x plain step): filled markers for one draw, and for
+    stochastic estimators a hollow marker for the mean of a checkpoint's draws, joined by a
+    line (the gap is noise; what is left is bias). Colour: estimator; marker: workload."""
     data = ok[ok["fid_cos_long"].notna()]
     if data.empty:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    colours = palette(data["variant"])
+    places = list(dict.fromkeys(data["workload"] + " / " + data["backbone"]))
+    markers = dict(zip(places, "osD^vP*Xhp<>" * 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
     for ax, col, name in ((axes[0], "time_x_plain", "hyper-step time (x plain step)"),
                           (axes[1], "mem_x_plain", "hyper-step peak memory (x plain step)")):
-        for where, g in data.groupby(data["workload"] + "/" + data["backbone"], sort=False):
-            ax.scatter(g[col], g["fid_cos_long"], label=where)
-            for x, y, text in zip(g[col], g["fid_cos_long"], g["variant"]):
-                ax.annotate(text, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        for _, r in data.iterrows():
+            colour, marker = colours[r["variant"]], markers[r["workload"] + " / " + r["backbone"]]
+            ax.scatter(r[col], r["fid_cos_long"], color=colour, marker=marker, s=36)
+            if pd.notna(r.get("fid_meancos_long")):
+                ax.plot([r[col]] * 2, [r["fid_cos_long"], r["fid_meancos_long"]], color=colour, lw=0.8)
+                ax.scatter(r[col], r["fid_meancos_long"], facecolors="none", edgecolors=[colour], marker=marker, s=36)
         ax.set_xlabel(name)
-    axes[0].set_ylabel("cosine with long unroll (fid_cos_long)")
-    axes[1].legend(fontsize=7)
+    axes[0].set_ylabel("cosine with the long unroll")
+    handles = ([Line2D([], [], color=c, marker="o", ls="", label=v) for v, c in colours.items()]
+               + [Line2D([], [], color="0.3", marker=markers[p], ls="", label=p) for p in places]
+               + [Line2D([], [], color="0.3", marker="o", ls="", markerfacecolor="none", label="mean of draws")])
+    axes[1].legend(handles=handles, fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle("Hypergradient fidelity against cost")
     fig.tight_layout()
     return fig
@@ -164,7 +175,7 @@ def training_curves(curves: pd.DataFrame) -> Figure | None:
     has_acc = curves["test_accuracy"].notna().any()
     fig, axes = plt.subplots(len(groups), 2 if has_acc else 1, figsize=(12 if has_acc else 6.5, 3.6 * len(groups)),
                              squeeze=False)
-    colours = _palette(curves["variant"])
+    colours = palette(curves["variant"])
     for row, ((workload, backbone), g) in zip(axes, groups):
         for ax, col, name in zip(row, ("val_loss", "test_accuracy"), ("validation loss", "test accuracy")):
             for variant, v in g.groupby("variant", sort=False):

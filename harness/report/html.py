@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.core.schema import ACCURACY_MEANS, PROVENANCE
+from harness.core.schema import ACCURACY_MEANS, FIDELITY_REFERENCES, FIDELITY_TARGET_COS, PROVENANCE
 from harness.core.units import format_size
 from harness.report import figures
 from harness.report.tables import Reference
@@ -47,7 +47,7 @@ def _cost_tables(table: pd.DataFrame, reference: Reference) -> str:
     parts = []
     headers = ["estimator", "status", "hyper-step ms", "time x plain", "memory x plain", "FLOPs x plain",
                "time x ref", "memory x ref", "FLOPs x ref", "peak MB", "iteration memory x plain", "GFLOPs",
-               "FLOP efficiency", "fidelity cos (long)", "test accuracy"]
+               "FLOP efficiency", "test accuracy"]
     for (workload, backbone), g in table.groupby(["workload", "backbone"], sort=False):
         ref = next((v for v in g["reference"] if v), "")
         note = (f"reference: {_e(ref)}" if ref else
@@ -55,12 +55,17 @@ def _cost_tables(table: pd.DataFrame, reference: Reference) -> str:
         means = ACCURACY_MEANS.get(str(workload).split("(")[0])
         if means:
             note += f"; test accuracy here is the {_e(means)}"
-        rows = [[_e(r["variant"]), _e(r["status"]) + (" &dagger;" if r["timing_shared"] else ""),
-                 _num(r["hyper_ms"]), _num(r["time_x_plain"]),
-                 _num(r["mem_x_plain"]), _num(r["flops_x_plain"]), _num(r["time_x_ref"]),
-                 _num(r["mem_x_ref"]), _num(r["flops_x_ref"]), _num(r["peak_mb"]),
-                 _num(r["iter_mem_x_plain"]), _num(r["gflops"]), _num(r["flop_efficiency"]),
-                 _num(r["fid_cos_long"]), _accuracy(r)] for _, r in g.iterrows()]
+        rows = []
+        for _, r in g.iterrows():
+            hyper = [_num(r[c]) for c in ("hyper_ms", "time_x_plain", "mem_x_plain", "flops_x_plain",
+                                          "time_x_ref", "mem_x_ref", "flops_x_ref", "peak_mb")]
+            if _no_hyper_step(r):
+                hyper = ["&mdash;"] * len(hyper)
+            rows.append([_e(r["variant"]), _e(r["status"]) + (" &dagger;" if r["timing_shared"] else ""),
+                         *hyper, _num(r["iter_mem_x_plain"]), "&mdash;" if _no_hyper_step(r) else _num(r["gflops"]),
+                         _num(r["flop_efficiency"]), _accuracy(r)])
+        if any(_no_hyper_step(r) for _, r in g.iterrows()):
+            note += "; &mdash;: takes no hyper-step (its hypergradient does no work: 0 FLOPs)"
         classes = ["ok" if r["status"] == "ok" else "failed" for _, r in g.iterrows()]
         if g["timing_shared"].any():
             note += ("; &dagger;: timings taken while other cells shared the machine (--jobs or Ray): "
@@ -68,6 +73,68 @@ def _cost_tables(table: pd.DataFrame, reference: Reference) -> str:
         parts.append(f"<h3>{_e(workload)} / {_e(backbone)}</h3><p class='note'>{note}</p>"
                      + _table(headers, rows, classes))
     return "".join(parts)
+
+
+def _no_hyper_step(r: pd.Series) -> bool:
+    """`plain` and its like: a hyper-step that computes nothing (its timed call is overhead)."""
+    return r["status"] == "ok" and r["gflops"] == 0
+
+
+def _fidelity_tables(table: pd.DataFrame) -> str:
+    """Per workload and backbone: every estimator's fidelity against every reference measured,
+    and for stochastic estimators one draw beside the mean of the draws."""
+    parts = []
+    for (workload, backbone), g in table.groupby(["workload", "backbone"], sort=False):
+        g = g[g[[f"fid_cos_{r}" for r in FIDELITY_REFERENCES]].notna().any(axis=1)]
+        if g.empty:
+            continue
+        refs = [r for r in FIDELITY_REFERENCES if g[f"fid_cos_{r}"].notna().any()]
+        drawn = g["fid_meancos_" + refs[0]].notna().any()
+        headers, columns = ["estimator", "draws"], []
+        for r in refs:
+            headers.append(f"cos vs {r}" + (" (one draw)" if drawn else ""))
+            columns.append(f"fid_cos_{r}")
+            if drawn:
+                headers.append(f"cos vs {r} (mean of draws)")
+                columns.append(f"fid_meancos_{r}")
+            headers += [f"relerr vs {r}", f"sign vs {r}"]
+            columns += [f"fid_relerr_{r}", f"fid_sign_{r}"]
+        if drawn:
+            headers += ["relative variance", f"draws for cos {FIDELITY_TARGET_COS:g}"]
+        rows = []
+        for _, r in g.iterrows():
+            row = [_e(r["variant"]), _num(r["fid_draws"]), *(_num(r[c]) for c in columns)]
+            if drawn:
+                row += [_num(r["fid_relvar"]), _draws_to_target(r)]
+            rows.append(row)
+        long_T = sorted({int(t) for t in g["fid_reference_T"].dropna()})
+        words = "; ".join(f"<b>{r}</b>: {_e(FIDELITY_REFERENCES[r])}" for r in refs).replace(
+            "fid_reference_T", "/".join(map(str, long_T)) or "reference_T")
+        where = {"own": "each cell's own meta-training", "shared": "plain training with the hyperparameters "
+                 "held, the same weights and batches for every estimator (fidelity.trajectory: shared)"}
+        places = "; ".join(where.get(t, t) for t in dict.fromkeys(g["fid_trajectory"]) if isinstance(t, str) and t)
+        parts.append(f"<h3>{_e(workload)} / {_e(backbone)}</h3><p class='note'>Checkpoints on {_e(places)}. "
+                     f"References: {words}.</p>"
+                     + _table(headers, rows))
+    if not parts:
+        return ""
+    return ("<h2>Hypergradient fidelity</h2><p class='note'>Every figure names its reference, each computed "
+            "at the same checkpoints on the same weights and batches as the estimator. Means over checkpoints "
+            "and seeds. <i>cos</i>: cosine; <i>relerr</i>: |g - ref| / |ref|; <i>sign</i>: the fraction of "
+            "hyperparameters whose sign agrees. For estimators drawn several times per checkpoint (stochastic "
+            "ones): <i>one draw</i> is what one hyper-step gets, <i>mean of draws</i> the cosine of the mean "
+            "of a checkpoint's draws (its bias in direction); <i>relative variance</i>: the draws' variance "
+            "over the squared norm of their mean (a mean of n draws has 1/n of it); <i>draws for cos "
+            f"{FIDELITY_TARGET_COS:g}</i>: how many draws the mean needs to reach it with the reference it "
+            "matches best (&gt; N: not within the N drawn).</p>" + "".join(parts))
+
+
+def _draws_to_target(r: pd.Series) -> str:
+    if not r["fid_best_ref"]:
+        return ""
+    n = r["fid_draws_to_target"]
+    count = f"&gt; {_num(r['fid_draws'])}" if pd.isna(n) else _num(n)
+    return f"{count} (vs {_e(r['fid_best_ref'])})"
 
 
 def _at_a_glance(table: pd.DataFrame) -> str:
@@ -186,6 +253,7 @@ the same process (below 1: the estimator's work runs slower per FLOP). Accuracy:
 mean over seeds ± 95% confidence half-width (Student t); none for synthetic data or without
 meta-training (train_steps 0), which measure cost only. Failed cells are shown with their status, in red.</p>
 {_cost_tables(table, reference)}
+{_fidelity_tables(table)}
 {_frontier_section(front)}
 <h2>Cells that did not finish</h2>{_failures(prepared)}
 <h2>Figures</h2>{''.join(sections) or '<p>No figure applies to these rows.</p>'}

@@ -12,12 +12,14 @@ from typing import Any
 import pandas as pd
 
 from harness.core.errors import ConfigError
-from harness.core.schema import SUMMARY_COLUMNS, estimator_params, peak_column, workload_params
+from harness.core.schema import (FIDELITY_METRICS, SUMMARY_COLUMNS, estimator_params, peak_column,
+                                 workload_params)
 
+FIDELITY_NUMERIC = [*FIDELITY_METRICS, "fid_reference_T", "fid_draws", "fid_draws_to_target"]
 NUMERIC = ["step_time_s", "step_time_iqr_s", "hyper_time_s", "hyper_time_iqr_s", "plain_time_s",
            "time_x_plain", "mem_x_plain", "flops_x_plain", "peak_rss_delta_bytes", "peak_alloc_bytes",
-           "graph_bytes", "hyper_flops", "fid_cos_1step", "fid_cos_long", "test_accuracy", "seed",
-           "iter_mem_x_plain", "flop_efficiency"]
+           "graph_bytes", "hyper_flops", "test_accuracy", "seed", "iter_mem_x_plain", "flop_efficiency",
+           *FIDELITY_NUMERIC]
 DEFAULT_REFERENCE = "unroll:T=1"
 
 
@@ -118,6 +120,18 @@ def _status(statuses: pd.Series) -> str:
     return ", ".join(f"{n} {s}" for s, n in counts.items())
 
 
+def _pooled_draws(ok: pd.DataFrame) -> dict[str, Any]:
+    """Over seeds: the reference most seeds' mean of draws matched best, and the draws its
+    mean needed on the worst of those seeds (NaN when one did not get there within its draws)."""
+    best = ok["fid_best_ref"].dropna()
+    best = best[best.astype(str).str.len() > 0]
+    if best.empty:
+        return {"fid_best_ref": "", "fid_draws_to_target": math.nan}
+    ref = best.mode().iloc[0]
+    needed = ok.loc[best.index[best == ref], "fid_draws_to_target"]
+    return {"fid_best_ref": ref, "fid_draws_to_target": math.nan if needed.isna().any() else needed.max()}
+
+
 def summary(prepared: pd.DataFrame, reference: Reference) -> pd.DataFrame:
     """One row per workload, backbone and estimator variant (seeds pooled): cost from the
     cells that finished, accuracy as mean and 95% CI half-width over seeds."""
@@ -136,8 +150,9 @@ def summary(prepared: pd.DataFrame, reference: Reference) -> pd.DataFrame:
                "timing_shared": int(ok["timing_shared"].sum())}
         for col in ("hyper_ms", "hyper_iqr_ms", "step_ms", "peak_mb", "graph_mb", "gflops",
                     "time_x_plain", "mem_x_plain", "iter_mem_x_plain", "flops_x_plain", "flop_efficiency",
-                    "fid_cos_1step", "fid_cos_long"):
+                    *FIDELITY_METRICS, "fid_reference_T", "fid_draws"):
             row[col] = ok[col].mean() if len(ok) else math.nan
+        row.update(_pooled_draws(ok), fid_trajectory=", ".join(dict.fromkeys(ok["fid_trajectory"].dropna().astype(str))))
         rows.append(row)
     table = pd.DataFrame(rows, columns=[c for c in SUMMARY_COLUMNS if c not in
                                         ("time_x_ref", "mem_x_ref", "flops_x_ref", "reference")])
