@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup bench cost scaling scaling-transformer overhead test pytest-bench list clean
+.PHONY: setup bench cost scaling scaling-transformer sensitivity overhead test pytest-bench list clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ scaling: $(STAMP)
 # Cost only on MetaXL's transformer: 2/6/12 layers at hidden 256 and XLM-R base at 128 tokens.
 scaling-transformer: $(STAMP)
 	$(PY) -m harness run scaling-transformer $(ARGS)
+
+# Fidelity against each knob (EvoGrad K/sigma/tau, FD step, unroll T, Neumann terms) on
+# toy1d and MW-Net, every reference, a figure per knob: about 8 minutes on the CPU.
+sensitivity: $(STAMP)
+	$(PY) -m harness run sensitivity $(ARGS)
 
 # Benchmark of the harness's own timing overhead (ResNet18, unroll and evograd).
 overhead: $(STAMP)
