@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -24,6 +25,15 @@ matplotlib.rcParams["svg.hashsalt"] = "hgbench"  # stable ids, so reports diff c
 # Labels carry user text (suite names, paths, parameter values): shown literally, never
 # parsed as mathtext, so `$\undefined{x}$` in a data_root cannot break a figure.
 matplotlib.rcParams["text.parse_math"] = False
+
+
+def log_scale(ax, axis: str = "y") -> None:
+    """A log axis whose tick labels are plain text: the default labels are mathtext, which
+    `text.parse_math = False` (above) would print raw."""
+    getattr(ax, f"set_{axis}scale")("log")
+    target = getattr(ax, f"{axis}axis")
+    target.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    target.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 def palette(variants) -> dict[str, tuple]:
@@ -97,7 +107,7 @@ def depth_scaling(ok: pd.DataFrame) -> Figure | None:
                     label=f"{variant} ({workload})" if len(styles) > 1 else variant)
         ax.set_xlabel("ResNet depth")
         ax.set_xticks(sorted(data["depth"].unique()))
-        ax.set_yscale("log")
+        log_scale(ax)
         ax.set_ylabel(name)
     axes[2].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle("Cost scaling with depth")

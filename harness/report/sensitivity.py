@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from harness.core.schema import FIDELITY_REFERENCES, estimator_params
-from harness.report.figures import palette
+from harness.report.figures import log_scale, palette
 
 
 @dataclass
@@ -91,11 +92,14 @@ def figure(sweep: Sweep) -> Figure:
         axes[0, col].set_ylim(-1.05, 1.05)
         axes[0, col].set_ylabel("cosine with the reference")
         axes[1, col].set_ylabel("relative error |g - ref| / |ref|")
-        axes[1, col].set_yscale("log")
+        errors = means[[f"fid_relerr_{r}" for r in _references(sweep.rows)]].to_numpy().ravel()
+        errors = errors[np.isfinite(errors) & (errors > 0)]
+        if errors.size and errors.max() / errors.min() >= 10:
+            log_scale(axes[1, col])
         for ax in axes[:, col]:
             ax.set_xlabel(sweep.knob)
             if log_x:
-                ax.set_xscale("log")
+                log_scale(ax, "x")
     axes[0, -1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     axes[1, -1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(sweep.heading)
