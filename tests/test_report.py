@@ -325,6 +325,11 @@ def test_each_swept_knob_gets_a_figure_and_a_sentence_from_its_numbers():
     assert "biased, at tau=1" in tau and "negative cosine" in tau
     fig = sensitivity.figure(sweeps["K"])
     assert [ax.get_xlabel() for ax in fig.axes] == ["K"] * 2
+    # the relative error spans 0.6 to 1e11: a log axis, its tick labels plain text (mathtext is off)
+    fig.canvas.draw()
+    assert fig.axes[1].get_yscale() == "log"
+    labels = [t.get_text() for t in fig.axes[1].get_yticklabels() if t.get_text()]
+    assert labels and not any("$" in t or "mathdefault" in t for t in labels), labels
     import matplotlib.pyplot as plt
     plt.close(fig)
 

@@ -56,15 +56,16 @@ def _cost_tables(table: pd.DataFrame, reference: Reference) -> str:
         if means:
             note += f"; test accuracy here is the {_e(means)}"
         rows = []
+        dashed = False
         for _, r in g.iterrows():
-            hyper = [_num(r[c]) for c in ("hyper_ms", "time_x_plain", "mem_x_plain", "flops_x_plain",
-                                          "time_x_ref", "mem_x_ref", "flops_x_ref", "peak_mb")]
-            if _no_hyper_step(r):
-                hyper = ["&mdash;"] * len(hyper)
+            # (the hyper-step's own columns; a dash where it takes none)
+            show = (lambda c: "&mdash;") if _no_hyper_step(r) else (lambda c: _num(r[c]))
+            dashed |= _no_hyper_step(r)
             rows.append([_e(r["variant"]), _e(r["status"]) + (" &dagger;" if r["timing_shared"] else ""),
-                         *hyper, _num(r["iter_mem_x_plain"]), "&mdash;" if _no_hyper_step(r) else _num(r["gflops"]),
-                         _num(r["flop_efficiency"]), _accuracy(r)])
-        if any(_no_hyper_step(r) for _, r in g.iterrows()):
+                         *map(show, ("hyper_ms", "time_x_plain", "mem_x_plain", "flops_x_plain", "time_x_ref",
+                                     "mem_x_ref", "flops_x_ref", "peak_mb")),
+                         _num(r["iter_mem_x_plain"]), show("gflops"), _num(r["flop_efficiency"]), _accuracy(r)])
+        if dashed:
             note += "; &mdash;: takes no hyper-step (its hypergradient does no work: 0 FLOPs)"
         classes = ["ok" if r["status"] == "ok" else "failed" for _, r in g.iterrows()]
         if g["timing_shared"].any():
