@@ -75,14 +75,26 @@ def val_grads(problem: BilevelProblem, weights: Mapping[str, Tensor], buffers: T
     return {k: both[("w", k)] for k in weights}, {k: both[("h", k)] for k in hparams}
 
 
+def train_grad_graph(problem: BilevelProblem, weights: Mapping[str, Tensor], buffers: TensorDict,
+                     hparams: Mapping[str, Tensor], batch: Any) -> TensorDict:
+    """grad_w Ltrain(w, lam; D) with its graph kept, for a mixed product taken later: building
+    it before a vector is known lets a caller order its passes (see HyperDistill)."""
+    w = leaf_copy(weights)
+    return grads(problem.train_loss(w, buffers, hparams, batch), w, create_graph=True)
+
+
+def mixed_product(train_grad: Mapping[str, Tensor], hparams: Mapping[str, Tensor],
+                  vector: Mapping[str, Tensor], lr: float) -> TensorDict:
+    """vector . dPhi/dlam = -lr * grad_lam <grad_w Ltrain, vector>, from `train_grad_graph`:
+    one double backward through the training loss only."""
+    return {k: -lr * t for k, t in vjp_grads(train_grad, hparams, vector).items()}
+
+
 def mixed_vjp(problem: BilevelProblem, weights: Mapping[str, Tensor], buffers: TensorDict,
               hparams: Mapping[str, Tensor], batch: Any, vector: Mapping[str, Tensor],
               lr: float) -> TensorDict:
-    """vector . dPhi(w, lam; D)/dlam = -lr * grad_lam <grad_w Ltrain(w, lam; D), vector>:
-    one double backward through the training loss only."""
-    w = leaf_copy(weights)
-    g = grads(problem.train_loss(w, buffers, hparams, batch), w, create_graph=True)
-    return {k: -lr * t for k, t in vjp_grads(g, hparams, vector).items()}
+    """vector . dPhi(w, lam; D)/dlam at `weights`, when the vector is already known."""
+    return mixed_product(train_grad_graph(problem, weights, buffers, hparams, batch), hparams, vector, lr)
 
 
 def detached(tensors: Mapping[str, Tensor]) -> TensorDict:

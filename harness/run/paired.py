@@ -3,7 +3,7 @@
 Cells of a sweep run in separate processes at different moments, so on a shared machine
 their times differ by more than two similar estimators do (seen here: +-20% between runs of
 the same cell). For a claim of the form "A costs no more than B", time both on copies of the
-same problem in one process, alternating A, B, A, B, ..., and read the median of the
+same problem in one process, in pairs A, B, B, A, A, B, ..., and read the median of the
 per-pair ratios, so drift of the machine's speed hits both alike.
 FLOPs are exact and printed too. Run:
 `python -m harness.run.paired --workload mwn --backbone resnet18 hyperdistill:unit_direction=true t1t2:mode=exact`
@@ -36,9 +36,15 @@ def paired(workload: dict, a: str, b: str, rounds: int, warmup: int = 2) -> dict
     ta, tb = (probe_trainer(c, device) for c in cells)
     ratios = []
     times_a, times_b = [], []
-    for _ in range(rounds):
-        times_a.append(time_call(ta.hyper_step, device))
-        times_b.append(time_call(tb.hyper_step, device))
+    for r in range(rounds):
+        # A, B, then B, A: the second of a pair starts from the first's allocator and cache
+        # state (HyperDistill's gap was such an effect), so neither always runs second
+        if r % 2:
+            times_b.append(time_call(tb.hyper_step, device))
+            times_a.append(time_call(ta.hyper_step, device))
+        else:
+            times_a.append(time_call(ta.hyper_step, device))
+            times_b.append(time_call(tb.hyper_step, device))
         ratios.append(times_a[-1] / times_b[-1])
     return {"a_ms": 1e3 * statistics.median(times_a), "b_ms": 1e3 * statistics.median(times_b),
             "time_ratio": statistics.median(ratios),
