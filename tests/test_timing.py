@@ -43,3 +43,24 @@ def test_paired_benchmark_builds_both_estimators_on_one_problem_and_counts_flops
     r = paired({"name": "mwn", "backbone": "resnet10", "params": {"width": 4, "batch_size": 16}},
                "t1t2:mode=exact", "unroll:T=1", rounds=2, warmup=1)
     assert r["flops_ratio"] == 1.0 and r["a_ms"] > 0 and r["b_ms"] > 0
+    lo, hi = r["time_ratio_95"]
+    assert lo <= r["time_ratio"] <= hi
+
+
+def test_paired_median_interval_has_its_binomial_coverage():
+    """The interval is order statistics (k, n+1-k) with the largest k whose coverage
+    1 - 2 P(Binom(n, 1/2) < k) is >= 95% (scipy's binomial here); on exponential samples
+    (true median ln 2) it covers the median in about that share of draws."""
+    import math
+
+    from scipy.stats import binom
+
+    from harness.run.paired import median_interval
+
+    for n in (6, 10, 30, 61):
+        k = max(j for j in range(1, n // 2 + 1) if 1 - 2 * binom.cdf(j - 1, n, 0.5) >= 0.95)
+        assert median_interval([float(i) for i in range(1, n + 1)][::-1]) == (k, n + 1 - k)
+    gen = torch.Generator().manual_seed(0)
+    samples = torch.empty(4000, 30).exponential_(generator=gen)
+    covered = [lo <= math.log(2) <= hi for lo, hi in (median_interval(row.tolist()) for row in samples)]
+    assert 0.94 < sum(covered) / len(covered) < 0.975  # exact coverage at n=30: 0.957

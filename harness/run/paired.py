@@ -11,6 +11,7 @@ FLOPs are exact and printed too. Run:
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 
 import torch
@@ -27,6 +28,23 @@ def _estimator(text: str) -> dict:
     name, _, rest = text.partition(":")
     params = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in rest.split(",") if p)}
     return {"name": name, "params": params}
+
+
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median: order statistics k and n+1-k, with k the
+    largest rank whose binomial coverage P(k <= #below the median < n+1-k) is still >= level.
+    Paired ratios are not normal (a stalled round makes a long tail), hence no t-interval."""
+    xs, n = sorted(values), len(values)
+    tail = 0.0
+    k = 0
+    while k + 1 <= n // 2:
+        tail_next = tail + math.comb(n, k) / 2 ** n   # P(#below = k), one tail
+        if 1 - 2 * tail_next < level:
+            break
+        tail, k = tail_next, k + 1
+    if k == 0:
+        return xs[0], xs[-1]  # too few rounds for this level: the whole range
+    return xs[k - 1], xs[n - k]
 
 
 def paired(workload: dict, a: str, b: str, rounds: int, warmup: int = 2) -> dict[str, float]:
@@ -47,7 +65,7 @@ def paired(workload: dict, a: str, b: str, rounds: int, warmup: int = 2) -> dict
             times_b.append(time_call(tb.hyper_step, device))
         ratios.append(times_a[-1] / times_b[-1])
     return {"a_ms": 1e3 * statistics.median(times_a), "b_ms": 1e3 * statistics.median(times_b),
-            "time_ratio": statistics.median(ratios),
+            "time_ratio": statistics.median(ratios), "time_ratio_95": median_interval(ratios),
             "flops_ratio": count_flops(ta.hyper_step) / count_flops(tb.hyper_step)}
 
 
@@ -64,7 +82,8 @@ def main() -> None:
         w = {"name": args.workload, "backbone": backbone, "params": yaml.safe_load(args.params)}
         r = paired(w, args.a, args.b, args.rounds)
         print(f"{args.workload} {backbone} {args.params}: A {r['a_ms']:.1f} ms, B {r['b_ms']:.1f} ms, "
-              f"A/B time {r['time_ratio']:.3f} (median of {args.rounds} paired rounds), "
+              f"A/B time {r['time_ratio']:.3f} (median of {args.rounds} paired rounds; 95% interval "
+              f"{r['time_ratio_95'][0]:.3f}-{r['time_ratio_95'][1]:.3f}), "
               f"A/B FLOPs {r['flops_ratio']:.3f}")
 
 
