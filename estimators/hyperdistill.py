@@ -69,7 +69,11 @@ class HyperDistill(Estimator):
               Param("theta", float, 1.0, "initial scale theta"),
               Param("unit_direction", bool, False, "use v/||v|| (gFO = 0 workloads; no theta fit)"),
               Param("lookahead", bool, False, "alpha after a plain-SGD lookahead step (costs a training "
-                    "forward and backward more; gamma 0 is then exactly T1-T2) instead of at the current weights"))
+                    "forward and backward more; gamma 0 is then exactly T1-T2) instead of at the current weights"),
+              Param("pass_order", str, "train_first", "train_first: the distilled training graph, then the "
+                    "validation pass (T1-T2's order and time); val_first: the validation pass first, a lower "
+                    "peak (the graph never coexists with it) but pages faulted afresh on the CPU",
+                    choices=("train_first", "val_first")))
 
     def __init__(self, params, seed: int = 0):
         super().__init__(params, seed)
@@ -129,17 +133,22 @@ class HyperDistill(Estimator):
         self.calls += 1
 
         buffers = scratch_buffers(inputs.buffers)
-        # The distilled training graph comes first, in T1-T2's order. Built after the
-        # validation pass, its memory was freshly faulted in every hyper-step (the allocator
-        # had handed the validation pass's pages back to the system): 42k minor page faults
-        # against T1-T2's 25k at MW-Net ResNet10 batch 64, and 1.07x T1-T2's time for the
-        # same FLOPs. In this order both fault alike (26k / 25k) and time is equal.
-        g_star = train_grad_graph(problem, self.w_star, buffers, lam, self.d_star)
+        # train_first (default) builds the distilled training graph before the validation
+        # pass, in T1-T2's order. In the other order the graph's memory was faulted in afresh
+        # every hyper-step on the CPU (glibc had handed the validation pass's pages back):
+        # 42k minor page faults against T1-T2's 25k at MW-Net ResNet10 batch 64, and 1.07x
+        # its time for the same FLOPs; train_first faults 26k. val_first keeps the lower
+        # peak (the validation pass's memory is gone before the graph is built).
+        train_first = self.p["pass_order"] == "train_first"
+        if train_first:
+            g_star = train_grad_graph(problem, self.w_star, buffers, lam, self.d_star)
         w_alpha = leaf_copy(inputs.weights)
         if self.p["lookahead"]:
             g_train = grads(problem.train_loss(w_alpha, buffers, lam, inputs.train_batches[0]), w_alpha)
             w_alpha = leaf_copy(sgd_step(w_alpha, g_train, lr))
         alpha, g_fo = val_grads(problem, w_alpha, buffers, lam, inputs.val_batch)
+        if not train_first:
+            g_star = train_grad_graph(problem, self.w_star, buffers, lam, self.d_star)
         v = mixed_product(g_star, lam, alpha, lr)
         if self.p["unit_direction"]:
             scale = 1.0 / float(norm(v).clamp_min(1e-30))

@@ -170,3 +170,35 @@ def test_hyperdistill_does_its_passes_in_t1t2s_order():
         est.hypergradient(replace(inputs_for(trainer), problem=problem))
         logs[name] = problem.log
     assert logs["hyperdistill"] == logs["t1t2"] == ["train", "val"]
+    est = estimator("hyperdistill", unit_direction=True, pass_order="val_first")
+    est.hypergradient(inputs_for(trainer))
+    problem = _PassLog(trainer.problem)
+    est.hypergradient(replace(inputs_for(trainer), problem=problem))
+    assert problem.log == ["val", "train"]
+
+
+def test_hyperdistill_val_first_gives_the_same_hypergradient_with_a_lower_graph_peak():
+    """val_first frees the validation pass before the distilled graph exists, so its peak of
+    saved-tensor bytes is the graph's alone, measured here by a double backward through the
+    training loss at w* on D* written out in the test; train_first's holds both."""
+    from harness.measure.memory import SavedTensorBytes
+
+    _, trainer = small_mwn(width=8)
+    inputs = inputs_for(trainer)
+    got, peak = {}, {}
+    for order in ("train_first", "val_first"):
+        est = estimator("hyperdistill", unit_direction=True, pass_order=order)
+        est.hypergradient(inputs)  # sets up w* and D*
+        with SavedTensorBytes() as probe:
+            got[order] = est.hypergradient(inputs)
+        peak[order] = probe.peak_bytes
+    assert all(torch.equal(got["train_first"][k], got["val_first"][k]) for k in got["val_first"])
+    problem = trainer.problem
+    with SavedTensorBytes() as graph_only:
+        w = {k: v.detach().requires_grad_() for k, v in est.w_star.items()}
+        lam = {k: v.detach().requires_grad_() for k, v in problem.hparams.items()}
+        buffers = {k: v.clone() for k, v in problem.buffers.items()}
+        g = torch.autograd.grad(problem.train_loss(w, buffers, lam, est.d_star), list(w.values()), create_graph=True)
+        torch.autograd.grad(g, list(lam.values()), grad_outputs=[torch.ones_like(x) for x in g])
+    assert peak["val_first"] == graph_only.peak_bytes
+    assert peak["train_first"] > 1.1 * peak["val_first"]
