@@ -37,7 +37,7 @@ sensitivity: $(STAMP)
 
 # Benchmark of the harness's own timing overhead (ResNet18, unroll and evograd).
 overhead: $(STAMP)
-	$(PY) -m harness.run.overhead
+	$(PY) -m harness overhead
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -27,23 +27,29 @@ def make_executor(args: argparse.Namespace):
 
 
 def _run_into(args: argparse.Namespace, suite, folder, executor) -> None:
-    """Run the cells `folder` lacks, handing it each row as the cell finishes."""
+    """Run the cells `folder` lacks, handing it each result as the cell finishes."""
     from tqdm import tqdm
 
+    from harness.core.spec import RECORD_FILE
     from harness.run.sweep import sweep
 
-    if folder.rows:  # a resume: the rows there must come from this very suite
-        suite.check_resumes(folder.recorded_suite(), str(folder.path / "suite.yaml"))
+    if folder.rows:  # a resume: the rows there must come from this very suite's settings
+        record = folder.path / RECORD_FILE
+        recorded = folder.recorded_spec()
+        if recorded is None:
+            raise ConfigError(f"{record}: missing, so the settings of the rows in {folder.path} are unknown "
+                              "(a run of an older hgbench); continue it with that version or choose another --out")
+        suite.check_resumes(recorded, str(record))
     todo = folder.pending(suite.cells)
-    folder.keep_suite(suite.record())
+    folder.keep_suite(suite.record(), suite.spec)
     if not args.out:
         folder.point_latest()
     print(f"hgbench: suite {suite.name!r}: {len(todo)} of {len(suite.cells)} cells to run -> {folder.path}",
           file=sys.stderr)
     with tqdm(total=len(todo), unit="cell", file=sys.stderr, disable=args.quiet) as bar:
-        for row in sweep(todo, executor, isolate=not args.in_process):
-            folder.add(row)
-            bar.set_postfix_str(f"{row['workload']}/{row['estimator']}: {row['status']}")
+        for result in sweep(todo, executor, isolate=not args.in_process):
+            folder.add(result)
+            bar.set_postfix_str(f"{result.identity['workload']}/{result.identity['estimator']}: {result.status}")
             bar.update()
 
 
@@ -63,12 +69,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.report.build import write_report
     from harness.report.source import load_run
     from harness.report.tables import DEFAULT_REFERENCE, Reference
-    from harness.run.cell import resolve_device
     from harness.store.runfolder import RunFolder, check_download_paths, default_out
 
     load_plugins()
     suite = load_suite(find_suite(args.suite), args.set or [])
-    resolve_device(suite.settings["device"])
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out DIR: the folder of the run to continue")
     reference = Reference.parse(args.reference or DEFAULT_REFERENCE)
@@ -76,6 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_download_paths(suite.cells, out_dir)
     executor = make_executor(args)  # (a bad executor option or Ray address: before any write)
     try:
+        executor.admit(list(suite.cells))  # (cells no machine here can run: before any write)
         with RunFolder.open(out_dir, resume=args.resume) as folder:
             _run_into(args, suite, folder, executor)
             report = write_report(load_run(out_dir), out_dir, reference)
@@ -187,6 +192,47 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if broken else 0
 
 
+def cmd_paired(args: argparse.Namespace) -> int:
+    """Two estimators' hyper-steps timed in one process, in pairs that alternate which runs first."""
+    import yaml
+
+    from harness.core.plugins import load_plugins
+    from harness.run.paired import paired
+
+    load_plugins()
+    if args.rounds < 1:
+        raise ConfigError(f"--rounds {args.rounds}: must be >= 1")
+    try:
+        params = yaml.safe_load(args.params)
+    except yaml.YAMLError:
+        params = None
+    if not isinstance(params, dict):
+        raise ConfigError(f"--params {args.params!r}: expected a YAML mapping such as '{{width: 16, batch_size: 32}}'")
+    for backbone in args.backbone:
+        w = {"name": args.workload, "backbone": backbone, "params": params}
+        r = paired(w, args.a, args.b, args.rounds)
+        print(f"{args.workload} {backbone} {args.params}: A {r['a_ms']:.1f} ms, B {r['b_ms']:.1f} ms, "
+              f"A/B time {r['time_ratio']:.3f} (median of {args.rounds} paired rounds; 95% interval "
+              f"{r['time_ratio_95'][0]:.3f}-{r['time_ratio_95'][1]:.3f}), "
+              f"A/B FLOPs {r['flops_ratio']:.3f}")
+    return 0
+
+
+def cmd_overhead(args: argparse.Namespace) -> int:
+    """The harness's own timing overhead on a hyper-step, against a bare loop."""
+    from harness.run.overhead import overhead
+
+    for flag in ("width", "blocks", "steps"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag} {getattr(args, flag)}: must be >= 1")
+    for est in args.estimators:
+        r = overhead(est, args.backbone, args.width, args.blocks, args.steps)
+        print(f"{est:10s} {args.backbone} width {args.width}: harness mean {r['harness_hyper_s'] * 1e3:.2f} ms "
+              f"(median, as reported: {r['harness_median_s'] * 1e3:.2f} ms), bare loop mean "
+              f"{r['bare_hyper_s'] * 1e3:.2f} ms, overhead {r['overhead'] * 100:+.2f}%")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="hgbench", description="Benchmark hypergradient estimators.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -237,6 +283,23 @@ def parser() -> argparse.ArgumentParser:
                                        "optimiser state; gradients shaped like the hyperparameters)")
     chk.add_argument("estimators", nargs="*", help="estimators to check (default: every registered one)")
     chk.set_defaults(func=cmd_check)
+    par = sub.add_parser("paired", help="time two estimators' hyper-steps in one process, alternating, "
+                                        "and print the median time ratio with its 95%% interval (a benchmark)")
+    par.add_argument("a", help="estimator A as NAME[:key=value,...], e.g. hyperdistill:unit_direction=true")
+    par.add_argument("b", help="estimator B, e.g. t1t2:mode=exact")
+    par.add_argument("--workload", default="mwn", help="workload (default mwn)")
+    par.add_argument("--backbone", nargs="+", default=["resnet10", "resnet18", "resnet34"],
+                     help="backbones, one comparison each (default resnet10 resnet18 resnet34)")
+    par.add_argument("--params", default="{width: 16, batch_size: 32}", help="workload parameters (YAML mapping)")
+    par.add_argument("--rounds", type=int, default=15, help="paired rounds (default 15)")
+    par.set_defaults(func=cmd_paired)
+    ovh = sub.add_parser("overhead", help="benchmark the harness's own timing overhead on a hyper-step (MW-Net)")
+    ovh.add_argument("--backbone", default="resnet18", help="MW-Net backbone (default resnet18)")
+    ovh.add_argument("--width", type=int, default=16, help="first-stage channels (default 16)")
+    ovh.add_argument("--estimators", nargs="+", default=["unroll", "evograd"], help="default: unroll evograd")
+    ovh.add_argument("--blocks", type=int, default=5, help="alternating blocks (default 5)")
+    ovh.add_argument("--steps", type=int, default=10, help="hyper-steps per block (default 10)")
+    ovh.set_defaults(func=cmd_overhead)
     return ap
 
 

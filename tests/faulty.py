@@ -20,7 +20,7 @@ class _Faulty(Estimator):
 def _register(name: str, fail):
     cls = type(f"Faulty_{name}", (_Faulty,), {"name": name, "doc": f"test: {name}",
                                                "fail": lambda self: fail()})
-    if name not in ESTIMATORS:
+    if name not in ESTIMATORS.names():
         ESTIMATORS.register(name)(cls)
 
 
@@ -49,5 +49,5 @@ _register("cpu_oom", _cpu_oom)
 _register("self_kill", lambda: os.kill(os.getpid(), signal.SIGKILL))
 _register("hang", lambda: time.sleep(3600))
 _register("hog", _hog)
-if "nan_grad" not in ESTIMATORS:
+if "nan_grad" not in ESTIMATORS.names():
     ESTIMATORS.register("nan_grad")(_NaN)

@@ -14,7 +14,7 @@ from harness.train.fidelity import REFERENCES, Checkpoint, FidelityProbe, checkp
 from harness.train.metaloop import MetaTrainer
 from tests.helpers import build, rel_err, small_mwn
 from tests.quadratic import Quadratic
-from harness.run.cell import run_cell
+from harness.run.cell_process import run_cell
 from harness.plan.suite import build_suite
 
 MWN = """\
@@ -37,7 +37,7 @@ def test_checkpoints_are_spread_over_training():
 
 def test_one_step_estimators_have_cosine_one_against_the_one_step_reference():
     for cell in cells(MWN, "[unroll, t1t2]"):
-        row = run_cell(cell)
+        row = run_cell(cell).row()
         assert row["status"] == "ok"
         assert row["fid_cos_1step"] == pytest.approx(1.0, abs=1e-6), cell.estimator
         assert row["fid_cos_1step_std"] < 1e-6
@@ -48,7 +48,7 @@ def test_one_step_estimators_have_cosine_one_against_the_one_step_reference():
 
 
 def test_stochastic_estimators_are_drawn_several_times_and_plain_has_no_fidelity():
-    evo, plain = (run_cell(c) for c in cells(MWN, "[evograd, plain]"))
+    evo, plain = (run_cell(c).row() for c in cells(MWN, "[evograd, plain]"))
     assert evo["fid_cos_1step"] < 0.999 and evo["fid_cos_1step_std"] > 0
     assert evo["fid_draws"] == 2 and evo["fid_relvar"] > 0
     assert evo["fid_best_ref"] in ("1step", "long", "small")
@@ -63,7 +63,7 @@ timed_steps: 1
 fidelity: {checkpoints: 2, reference_T: 5}
 workloads: [{name: toy1d, params: {lam0: 0.3}}]
 """
-    row = run_cell(cells(text, "[{name: unroll, params: {T: 300}}]")[0])
+    row = run_cell(cells(text, "[{name: unroll, params: {T: 300}}]")[0]).row()
     assert row["fid_cos_exact"] == pytest.approx(1.0, abs=1e-12)
     assert row["fid_relerr_exact"] < 1e-3
 
@@ -71,8 +71,8 @@ workloads: [{name: toy1d, params: {lam0: 0.3}}]
 def test_measuring_fidelity_does_not_change_training():
     without = MWN.replace("fidelity: {checkpoints: 2, reference_T: 3, draws: 2}\n", "")
     for est in ("evograd", "hyperdistill"):
-        a = run_cell(cells(MWN, f"[{est}]")[0])
-        b = run_cell(cells(without, f"[{est}]")[0])
+        a = run_cell(cells(MWN, f"[{est}]")[0]).row()
+        b = run_cell(cells(without, f"[{est}]")[0]).row()
         assert "fid_cos_long" in a and "fid_cos_long" not in b
         for k in ("test_accuracy", "final_val_loss", "metrics"):
             assert a[k] == b[k], (est, k)
@@ -206,11 +206,11 @@ def test_a_shared_trajectory_measures_every_estimator_at_the_same_weights_and_ba
     on their own meta-training the states differ, so the numbers do."""
     shared = MWN.replace("draws: 2}", "draws: 2, trajectory: shared}")
     est = "[{name: unroll, params: {T: 1}}, {name: neumann, params: {terms: 0}}]"
-    unroll, neumann = (run_cell(c) for c in cells(shared, est))
+    unroll, neumann = (run_cell(c).row() for c in cells(shared, est))
     assert neumann["fid_cos_small"] == pytest.approx(1.0, abs=1e-6)
     assert unroll["fid_cos_small"] == pytest.approx(neumann["fid_cos_1step"], abs=1e-6)
     assert unroll["fid_trajectory"] == "shared"
-    own_unroll, own_neumann = (run_cell(c) for c in cells(MWN, est))
+    own_unroll, own_neumann = (run_cell(c).row() for c in cells(MWN, est))
     assert abs(own_unroll["fid_cos_small"] - own_neumann["fid_cos_1step"]) > 1e-4
     # the cell's own training (and so its accuracy) is the same whichever trajectory fidelity used
     assert unroll["test_accuracy"] == own_unroll["test_accuracy"]

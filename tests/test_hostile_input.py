@@ -158,6 +158,10 @@ DAMAGES = {
     "results.csv a folder": lambda d: _make_dir(d / "results.csv"),
     "curves.csv a folder": lambda d: _make_dir(d / "curves.csv"),
     "suite.yaml nested 3000 levels": lambda d: (d / "suite.yaml").write_text("a: " + "[" * 3000 + "]" * 3000),
+    "run.json nested 3000 levels": lambda d: (d / "run.json").write_text("[" * 3000 + "]" * 3000),
+    "run.json with a bad setting": lambda d: (d / "run.json").write_text(
+        (d / "run.json").read_text().replace('"timed_steps": 1', '"timed_steps": -4')),
+    "run.json a folder": lambda d: _make_dir(d / "run.json"),
 }
 
 
@@ -192,10 +196,12 @@ def test_9_a_damaged_run_folder_is_one_line_for_report_compare_and_resume(capsys
             errors = [line for line in err.splitlines() if line.startswith("hgbench: error: ")]
             assert len(errors) == 1 and err.endswith(errors[0]) and "Traceback" not in err, (name, err)
             assert str(folder) in errors[0], (name, err)
-    if damage != "suite.yaml nested 3000 levels":
+    if damage == "suite.yaml nested 3000 levels":  # the record is intact: run.json, not suite.yaml, is read back
+        assert outcomes == {"report": 0, "compare": 0, "resume": 0}
+    elif damage.startswith("run.json") and damage != "run.json a folder":  # compare reads only the tables
+        assert outcomes == {"report": 2, "compare": 0, "resume": 2}
+    else:
         assert outcomes == {"report": 2, "compare": 2, "resume": 2}
-    else:  # the report does without the suite (no frontier budgets); a resume cannot
-        assert outcomes == {"report": 0, "compare": 0, "resume": 2}
 
 
 def test_9_a_results_table_missing_measured_columns_still_reports(tmp_path, capsys):

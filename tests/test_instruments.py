@@ -127,14 +127,14 @@ def test_a_cells_cpu_peak_lies_between_its_saved_tensors_and_those_plus_weights_
     backward (those bytes are resident) and at most that plus one copy of the weights and
     one batch of activations (the plain step's saved tensors)."""
     from harness.plan.suite import build_suite
-    from harness.run.cell import execute_cell
+    from harness.run.cell_process import execute_cell
     from harness.run.isolation import run_isolated
 
     cell = build_suite({"workloads": [{"name": "mwn", "backbone": "resnet10",
                                        "params": {"width": 8, "batch_size": 32}}],
                         "estimators": [estimator], "train_steps": 0, "warmup_steps": 1,
                         "timed_steps": 1}).cells[0]
-    row = run_isolated(execute_cell, cell, 300)
+    row = run_isolated(execute_cell, cell, 300).row()
     assert row["status"] == "ok", row.get("error")
     assert row["memory_method"].startswith("peak live bytes") and not row["memory_note"]
     peak, saved = row["peak_rss_delta_bytes"], row["graph_bytes"]

@@ -113,7 +113,7 @@ def test_the_layout_walk_sees_real_arrows():
 
 def test_the_forkserver_preloads_the_module_that_runs_cells():
     from harness.run import isolation
-    from harness.run.cell import execute_cell
+    from harness.run.cell_process import execute_cell
 
     for name in isolation.PRELOAD:
         importlib.import_module(name)

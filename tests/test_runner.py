@@ -9,8 +9,8 @@ import pytest
 
 from harness.cli import main
 from harness.core.schema import COLUMNS
-from harness.run.cell import run_cell
-from harness.run.sweep import cell_row
+from harness.run.cell_process import run_cell
+from harness.run.sweep import cell_result
 from harness.plan.suite import build_suite
 
 REQUIRED = ["workload", "backbone", "estimator", "params", "seed", "device", "status", "error",
@@ -121,7 +121,7 @@ workloads: [{name: mwn, params: {width: 4, batch_size: 16}}]
 estimators: [evograd, unroll]
 """)
     for cell in cells:
-        a, b = run_cell(cell), run_cell(cell)
+        a, b = run_cell(cell).row(), run_cell(cell).row()
         for k in ("test_accuracy", "final_val_loss", "metrics"):
             assert a[k] == b[k], (cell.estimator, k)
 
@@ -133,7 +133,7 @@ timed_steps: 1
 workloads: [{name: toy1d, params: {lam0: 0.2}}]
 estimators: [plain, unroll, t1t2, evograd]
 """)
-    lam = {c.estimator: json.loads(cell_row(c)["metrics"])["lam"] for c in cells}
+    lam = {c.estimator: json.loads(cell_result(c).row()["metrics"])["lam"] for c in cells}
     assert lam["plain"] == pytest.approx(0.2)
     for name in ("unroll", "t1t2"):
         assert abs(lam[name] - 1.0) < 0.1, (name, lam[name])

@@ -37,9 +37,9 @@ def test_overhead_benchmark_runs_and_reports_its_figures():
 
 def test_paired_benchmark_builds_both_estimators_on_one_problem_and_counts_flops_exactly():
     """T1-T2 exact and unroll T=1 are one computation (equal FLOPs); timing is not asserted."""
-    from harness.run.paired import _estimator, paired
+    from harness.run.paired import estimator_entry, paired
 
-    assert _estimator("t1t2:mode=exact,fd_scale=0.1") == {"name": "t1t2", "params": {"mode": "exact", "fd_scale": 0.1}}
+    assert estimator_entry("t1t2:mode=exact,fd_scale=0.1") == {"name": "t1t2", "params": {"mode": "exact", "fd_scale": 0.1}}
     r = paired({"name": "mwn", "backbone": "resnet10", "params": {"width": 4, "batch_size": 16}},
                "t1t2:mode=exact", "unroll:T=1", rounds=2, warmup=1)
     assert r["flops_ratio"] == 1.0 and r["a_ms"] > 0 and r["b_ms"] > 0

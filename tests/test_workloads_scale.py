@@ -323,7 +323,7 @@ def test_frontier_picks_the_deepest_backbone_then_the_largest_batch_that_fits():
 def test_frontier_ranks_models_without_a_depth_by_their_parameters():
     """Transformer sizes share one backbone name: the frontier picks the most parameters and
     names the size by its setting."""
-    rows = [{"workload": f"metaxl(layers={n})", "workload_name": "metaxl", "variant": "plain", "status": "ok",
+    rows = [{"workload_label": f"metaxl(layers={n})", "workload": "metaxl", "variant": "plain", "status": "ok",
              "depth": math.nan, "backbone": "xlmr", "n_params": n * 1e6, "batch_size": 24, "peak_mb": 10.0 * n}
             for n in (2, 6, 12)]
     table = frontier(pd.DataFrame(rows), [70 * 2 ** 20, 200 * 2 ** 20]).set_index("budget_bytes")

@@ -23,7 +23,6 @@ TYPES = ("PER", "ORG", "LOC")
 IGNORE = -100
 # XLM-R's special ids: <s> 0, <pad> 1, </s> 2, <unk> 3.
 BOS, PAD, EOS, UNK = 0, 1, 2, 3
-SPLITS = ("train", "dev", "test")
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,11 @@ def positive(name: str, type_: type, default: Any, doc: str = "", max: Any = Non
     return Param(name, type_, default, doc, check=lambda v: v > 0, check_doc="> 0", max=limit)
 
 
+def at_least(name: str, type_: type, default: Any, doc: str, low: Any, max: Any = None) -> Param:
+    """A number that is at least `low` (a count that may be 0, a step that must be 1 or more)."""
+    return Param(name, type_, default, doc, check=lambda v: v >= low, check_doc=f">= {low}", max=max)
+
+
 def check_names(specs: Sequence[Param], given: Mapping[Any, Any], where: str) -> None:
     """Every name in `given` is a declared parameter (checked before values are combined)."""
     for key in given:

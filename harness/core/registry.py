@@ -35,6 +35,3 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[tuple[str, T]]:
         return iter(sorted(self._items.items()))
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._items

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from harness.core.params import Param
+from harness.core.params import Param, at_least
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -19,22 +19,28 @@ DEVICES = ("cpu", "cuda", "auto")
 # the column name in SETTING_COLUMN).
 SETTINGS: dict[str, Param] = {p.name: p for p in (
     Param("name", str, "suite", "suite name", max=200),
-    Param("device", str, "cpu", "where cells run", choices=DEVICES),
-    Param("warmup_steps", int, 2, "untimed meta-iterations before timing",
-          check=lambda v: v >= 0, check_doc=">= 0"),
-    Param("timed_steps", int, 10, "timed meta-iterations (median and IQR)",
-          check=lambda v: v >= 1, check_doc=">= 1"),
-    Param("train_steps", int, 300, "inner steps of meta-training before evaluation",
-          check=lambda v: v >= 0, check_doc=">= 0"),
-    Param("hyper_every", int, 1, "a hyper-step every this many inner steps",
-          check=lambda v: v >= 1, check_doc=">= 1"),
-    Param("curve_points", int, 10, "evaluations (validation loss, test accuracy) spread over "
-          "meta-training for the report's training curves (0: none)",
-          check=lambda v: v >= 0, check_doc=">= 0"),
+    Param("device", str, "cpu", "where cells run (auto: CUDA where the cell's process finds it)",
+          choices=DEVICES),
+    at_least("warmup_steps", int, 2, "untimed meta-iterations before timing", 0),
+    at_least("timed_steps", int, 10, "timed meta-iterations (median and IQR)", 1),
+    at_least("train_steps", int, 300, "inner steps of meta-training before evaluation", 0),
+    at_least("hyper_every", int, 1, "a hyper-step every this many inner steps", 1),
+    at_least("curve_points", int, 10, "evaluations (validation loss, test accuracy) spread over "
+             "meta-training for the report's training curves (0: none)", 0),
     Param("timeout_s", float, 3600.0, "a cell still running after this many seconds is a `timeout` row",
           check=lambda v: v > 0, check_doc="> 0", max=1e6),  # (11.6 days; the poll's limit is 24.8)
-    Param("memory_budget_bytes", int, 0, "a hyper-step peaking above this is an `oom` row (0: no budget)",
-          check=lambda v: v >= 0, check_doc=">= 0"),
+    at_least("memory_budget_bytes", int, 0, "a hyper-step peaking above this is an `oom` row (0: no budget)", 0),
+)}
+# The suite's `fidelity:` mapping: how often, against how long an unroll, and with how many
+# draws the fidelity probe (`harness.train.fidelity`) measures. Every cell carries it.
+FIDELITY_SETTINGS: dict[str, Param] = {p.name: p for p in (
+    at_least("checkpoints", int, 0, "checkpoints over meta-training (0: no fidelity)", 0),
+    at_least("reference_T", int, 20, "inner steps of the long-unroll reference", 1),
+    at_least("draws", int, 3, "draws per checkpoint for stochastic estimators", 1),
+    Param("trajectory", str, "own", "own: checkpoints on the cell's meta-training; shared: on a "
+          "copy trained without hyper-steps (hyperparameters at their initial values), so every "
+          "estimator of a workload and seed is measured at the same weights and batches",
+          choices=("own", "shared")),
 )}
 SETTING_COLUMN = {name: "suite" if name == "name" else name for name in SETTINGS}
 # Settings a resume may change: they decide whether a cell finishes, not what it measures.
@@ -126,13 +132,15 @@ CURVE_POINT_COLUMNS = ["step", "train_loss", "val_loss", "test_accuracy"]
 CURVE_COLUMNS = KEY + CURVE_POINT_COLUMNS
 
 # summary.csv: one row per workload, backbone and estimator variant, seeds pooled.
-SUMMARY_COLUMNS = ["workload", "backbone", "estimator", "variant", "params", "cells", "status",
+# `workload` is the registry name; `workload_label` adds the settings that differ between a
+# run's cells of that workload (`mwn(batch_size=64)`), so tables never pool them.
+SUMMARY_COLUMNS = ["workload", "workload_label", "backbone", "estimator", "variant", "params", "cells", "status",
                    "hyper_ms", "hyper_iqr_ms", "step_ms", "peak_mb", "graph_mb", "gflops",
                    "time_x_plain", "mem_x_plain", "iter_mem_x_plain", "flops_x_plain", "flop_efficiency",
                    "time_x_ref", "mem_x_ref", "flops_x_ref", "reference",
                    *FIDELITY_METRICS, *FIDELITY_FACTS, "acc_mean", "acc_ci95", "n_seeds", "timing_shared"]
 # What `hgbench run` prints of the summary when it ends.
-CONSOLE_COLUMNS = ["workload", "backbone", "variant", "status", "hyper_ms", "time_x_plain", "mem_x_plain",
+CONSOLE_COLUMNS = ["workload_label", "backbone", "variant", "status", "hyper_ms", "time_x_plain", "mem_x_plain",
                    "flops_x_plain", "flop_efficiency", "fid_cos_1step", "fid_cos_small", "fid_meancos_small", "acc_mean", "n_seeds"]
 
 # What a pytest-benchmark JSON (tests/benchmarks) carries per benchmark in `extra_info`.

@@ -5,6 +5,7 @@ Sizes are bounded so that a typo of a few hundred digits is an error, not an ove
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -37,6 +38,16 @@ def parse_sizes(values: Any, where: str) -> list[int]:
     if not isinstance(values, list) or not values:
         raise ConfigError(f"{where}: expected a list of memory sizes, e.g. [1GB, 4GB]")
     return sorted({parse_size(v, f"{where}[{i}]") for i, v in enumerate(values)})
+
+
+def ratio(num: Any, den: Any) -> float | None:
+    """num / den, or None where it means nothing: a missing or non-finite operand, or a zero
+    denominator (a plain step of 0 bytes makes no multiple)."""
+    try:
+        num, den = float(num), float(den)
+    except (TypeError, ValueError):
+        return None
+    return num / den if den and math.isfinite(num) and math.isfinite(den) else None
 
 
 def format_size(n: float) -> str:

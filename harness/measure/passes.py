@@ -13,14 +13,11 @@ from typing import Any
 
 import torch
 
+from harness.core.units import ratio
 from harness.measure.flops import count_flops
 from harness.measure.memory import AllocatorMode, CudaPeak, NvmlPeak, PeakRSS, SavedTensorBytes
 from harness.train.metaloop import MetaTrainer
 from harness.measure.timing import Measurement, time_call
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or not b else a / b
 
 
 def time_steps(trainer: MetaTrainer, device: torch.device, repeats: int) -> dict[str, Measurement]:
@@ -100,11 +97,11 @@ def _memory_pass(trainer: MetaTrainer, device: torch.device) -> dict[str, Any]:
             trainer.hyper_step()
         graph_bytes = graph.peak_bytes
     out = {k: v for k, v in hyper.items() if k not in ("delta", "note")}
-    out.update({"plain_peak_bytes": plain["delta"], "mem_x_plain": _ratio(hyper["delta"], plain["delta"]),
+    out.update({"plain_peak_bytes": plain["delta"], "mem_x_plain": ratio(hyper["delta"], plain["delta"]),
                 "inner_peak_bytes": inner["delta"], "iter_peak_bytes": iteration["delta"],
-                "iter_mem_x_plain": _ratio(iteration["delta"], inner["delta"]),
+                "iter_mem_x_plain": ratio(iteration["delta"], inner["delta"]),
                 "graph_bytes": graph_bytes, "plain_graph_bytes": plain_graph.peak_bytes,
-                "graph_x_plain": _ratio(graph_bytes, plain_graph.peak_bytes),
+                "graph_x_plain": ratio(graph_bytes, plain_graph.peak_bytes),
                 "memory_method": memory_method(device),
                 "memory_note": "; ".join(n for n in (hyper["note"], trainer.estimator.measurement_note) if n)})
     return out
@@ -114,7 +111,7 @@ def flops_pass(trainer: MetaTrainer) -> dict[str, Any]:
     hyper, plain = count_flops(trainer.hyper_step), count_flops(trainer.plain_step)
     inner = count_flops(trainer.inner_step)
     return {"hyper_flops": hyper, "plain_flops": plain, "inner_flops": inner,
-            "flops_x_plain": _ratio(hyper, plain)}
+            "flops_x_plain": ratio(hyper, plain)}
 
 
 def flop_efficiency(row: dict[str, Any]) -> float | None:

@@ -47,9 +47,3 @@ class Measurement:
     @property
     def min(self) -> float:
         return min(self.times_s)
-
-
-def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Measurement:
-    for _ in range(warmup):
-        fn()
-    return Measurement(tuple(time_call(fn, device) for _ in range(repeats)))

@@ -5,10 +5,11 @@ its results column and its row identity without being written down again.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, field, make_dataclass
+from dataclasses import field, make_dataclass
 from typing import Any, Mapping
 
 from harness.core import schema
+from harness.core.spec import RunSpec
 
 
 def _params_json(self) -> str:
@@ -37,18 +38,17 @@ Cell = make_dataclass(
     [("workload", str), ("backbone", str), ("workload_params", Mapping[str, Any]), ("estimator", str),
      ("estimator_params", Mapping[str, Any]), ("seed", int),
      *((col, schema.SETTINGS[name].type) for name, col in schema.SETTING_COLUMN.items()),
-     ("fidelity", Mapping[str, Any], field(default_factory=dict))],  # plan.fidelity.PARAMS
+     ("fidelity", Mapping[str, Any], field(default_factory=dict))],  # schema.FIDELITY_SETTINGS
     namespace={"params_json": property(_params_json), "identity": _identity, "key": _key,
-               "label": _label, "to_dict": asdict},
+               "label": _label},
     frozen=True)
 Cell.__module__, Cell.__qualname__ = __name__, "Cell"  # picklable by reference (forkserver, Ray)
 Cell.__doc__ = __doc__.splitlines()[0]
 
 
 def make_cell(workload: str, backbone: str, workload_params: Mapping[str, Any], estimator: str,
-              estimator_params: Mapping[str, Any], seed: int, settings: Mapping[str, Any],
-              fidelity: Mapping[str, Any]) -> "Cell":
-    """A cell from resolved suite `settings` (keyed by setting name, as `SETTINGS`)."""
+              estimator_params: Mapping[str, Any], seed: int, spec: RunSpec) -> "Cell":
+    """A cell of a run: its settings and fidelity are the run's `spec`'s."""
     return Cell(workload=workload, backbone=backbone, workload_params=workload_params, estimator=estimator,
-                estimator_params=estimator_params, seed=seed, fidelity=fidelity,
-                **{col: settings[name] for name, col in schema.SETTING_COLUMN.items()})
+                estimator_params=estimator_params, seed=seed, fidelity=dict(spec.fidelity),
+                **{col: spec.settings[name] for name, col in schema.SETTING_COLUMN.items()})

@@ -17,10 +17,9 @@ import yaml
 from estimators import ESTIMATORS
 from harness.core.errors import ConfigError
 from harness.core.params import check_names, resolve, short_repr
-from harness.core.schema import FREE_ON_RESUME, SETTINGS
-from harness.core.units import parse_sizes
+from harness.core.schema import SETTINGS
+from harness.core.spec import RunSpec
 from harness.plan.cell import Cell, make_cell
-from harness.plan.fidelity import resolve_spec as resolve_fidelity
 from workloads import WORKLOADS
 
 TOP_KEYS = {*SETTINGS, "seeds", "workloads", "estimators", "fidelity", "memory_frontier"}
@@ -30,47 +29,35 @@ MAX_DEPTH = 32      # levels of nesting in a suite (a real one uses four)
 
 @dataclass(frozen=True)
 class Suite:
-    source: str
-    settings: Mapping[str, Any]
+    spec: RunSpec                 # every setting, resolved once
     cells: tuple[Cell, ...]
     raw: Mapping[str, Any] = field(default_factory=dict)  # the effective suite (after --set)
     text: str = ""                                          # the suite file as written
-    overrides: tuple[str, ...] = ()                         # the --set arguments
 
     @property
     def name(self) -> str:
-        return self.settings["name"]
+        return self.spec.name
+
+    @property
+    def settings(self) -> Mapping[str, Any]:
+        return self.spec.settings
 
     def record(self) -> str:
         """What a run folder keeps as suite.yaml: the file itself, or, with --set, the
         effective suite (comments are lost, so the file and the overrides head it)."""
-        if not self.overrides:
+        if not self.spec.overrides:
             return self.text
-        head = [f"# The effective suite: {self.source} with", *(f"#   --set {o}" for o in self.overrides)]
+        head = [f"# The effective suite: {self.spec.source} with", *(f"#   --set {o}" for o in self.spec.overrides)]
         return "\n".join(head) + "\n" + yaml.safe_dump(dict(self.raw), sort_keys=False)
 
-    def check_resumes(self, recorded: str | None, where: str) -> None:
+    def check_resumes(self, recorded: RunSpec | None, where: str) -> None:
         """A resume must run with the settings the folder's rows were measured with (the
         suite settings and fidelity: not part of a cell's key, so a change would mix two
         settings in one table). Adding cells (estimators, workloads, seeds) is a resume."""
-        if recorded is None:
-            return
-        try:
-            before = _settings_of(yaml.safe_load(recorded))
-        except (yaml.YAMLError, RecursionError, ConfigError):
-            raise ConfigError(f"{where}: not a readable suite; move the folder away or choose another --out") from None
-        difference = _first_difference(before, _settings_of(self.raw))
+        difference = recorded.difference(self.spec) if recorded is not None else None
         if difference:
             raise ConfigError(f"--resume: this suite's settings differ from the run's ({where}): {difference}; "
                               "resume with the same settings (file and --set), or choose another --out")
-
-
-def _settings_of(raw: Any) -> dict[str, Any]:
-    """The resolved settings and fidelity of a suite mapping: what every row records."""
-    raw = _mapping(raw, "suite")
-    settings = resolve(list(SETTINGS.values()), {k: raw[k] for k in SETTINGS if k in raw}, "suite")
-    kept = {k: v for k, v in settings.items() if k not in FREE_ON_RESUME}
-    return {**kept, "fidelity": resolve_fidelity(raw.get("fidelity"))}
 
 
 def _normalized(raw: Any) -> Any:
@@ -82,16 +69,6 @@ def _normalized(raw: Any) -> Any:
         if isinstance(raw.get(key), list):
             raw[key] = [{"name": e} if isinstance(e, str) else e for e in raw[key]]
     return raw
-
-
-def _first_difference(a: Any, b: Any, path: str = "suite") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in list(a) + [k for k in b if k not in a]:
-            d = _first_difference(a.get(key), b.get(key), f"{path}.{key}")
-            if d:
-                return d
-        return None
-    return None if a == b else f"{path} was {short_repr(a)}, is {short_repr(b)}"
 
 
 def _mapping(value: Any, where: str) -> dict:
@@ -159,14 +136,6 @@ def _check_keys(entry: Mapping, allowed: set[str], where: str) -> None:
         raise ConfigError(f"{where}.{name}: unknown key (allowed: {', '.join(sorted(allowed))})")
 
 
-def _seeds(raw: dict) -> list[int]:
-    seeds = raw.get("seeds", [0])
-    seeds = seeds if isinstance(seeds, list) else [seeds]
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2 ** 31 for s in seeds):
-        raise ConfigError(f"seeds: expected integers in [0, 2**31), got {short_repr(raw.get('seeds'))}")
-    return seeds
-
-
 def _check_size(raw: dict, seeds: list[int]) -> None:
     """Count the cells before building any: names checked, then the product's size."""
     workloads = 0
@@ -201,15 +170,12 @@ def _check_unique(cells: tuple[Cell, ...]) -> None:
         seen.add(cell.key())
 
 
-def build_suite(raw: Any, source: str = "<suite>") -> Suite:
+def build_suite(raw: Any, source: str = "<suite>", overrides: tuple[str, ...] = ()) -> Suite:
     check_depth(raw)
     raw = _mapping(raw, "suite")
     _check_keys(raw, TOP_KEYS, "suite")
-    settings = resolve(list(SETTINGS.values()), {k: raw[k] for k in SETTINGS if k in raw}, "suite")
-    seeds = _seeds(raw)
-    fidelity = resolve_fidelity(raw.get("fidelity"))
-    parse_sizes(raw.get("memory_frontier"), "suite.memory_frontier")  # read by the report
-    _check_size(raw, seeds)
+    spec = RunSpec.resolve(raw, source, overrides)
+    _check_size(raw, spec.seeds)
 
     workload_variants = []
     for i, e in enumerate(_entries(raw, "workloads")):
@@ -235,10 +201,10 @@ def build_suite(raw: Any, source: str = "<suite>") -> Suite:
         for p in _product(_mapping(e.get("params"), f"{where}.params"), f"{where}.params"):
             estimator_variants.append((cls.name, resolve(cls.params, p, f"{where}.params")))
 
-    cells = tuple(make_cell(w, b, wp, est, ep, s, settings, fidelity)
-                  for s in seeds for (w, b, wp) in workload_variants for (est, ep) in estimator_variants)
+    cells = tuple(make_cell(w, b, wp, est, ep, s, spec)
+                  for s in spec.seeds for (w, b, wp) in workload_variants for (est, ep) in estimator_variants)
     _check_unique(cells)
-    return Suite(source=source, settings=settings, cells=cells, raw=raw)
+    return Suite(spec=spec, cells=cells, raw=raw)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -290,10 +256,10 @@ def load_suite(path: str | Path, overrides: list[str] = ()) -> Suite:
     for override in overrides:
         apply_override(raw, *parse_override(override))
     try:
-        suite = build_suite(raw, str(path))
+        suite = build_suite(raw, str(path), tuple(overrides))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-    return dataclasses.replace(suite, text=path.read_text(), overrides=tuple(overrides))
+    return dataclasses.replace(suite, text=path.read_text())
 
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"

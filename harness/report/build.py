@@ -37,12 +37,11 @@ def _label_curves(curves: pd.DataFrame, prepared: pd.DataFrame) -> pd.DataFrame:
     curves = curves.copy()
     if curves.empty:
         return curves
-    cell_keys = prepared.assign(workload=prepared["workload_name"])[KEY]
-    cell_keys = cell_keys.astype({"seed": "Int64"}).astype(str).itertuples(index=False, name=None)
-    labels_of = dict(zip(cell_keys, zip(prepared["workload"], prepared["variant"])))
+    cell_keys = prepared[KEY].astype({"seed": "Int64"}).astype(str).itertuples(index=False, name=None)
+    labels_of = dict(zip(cell_keys, zip(prepared["workload_label"], prepared["variant"])))
     curve_keys = curves[KEY].astype({"seed": "Int64"}).astype(str).itertuples(index=False, name=None)
     labels = [labels_of.get(k, (k[0], k[2])) for k in curve_keys]
-    curves["workload"] = [w for w, _ in labels]
+    curves["workload_label"] = [w for w, _ in labels]
     curves["variant"] = [v for _, v in labels]
     for col in ("step", "val_loss", "test_accuracy"):
         curves[col] = pd.to_numeric(curves[col], errors="coerce")

@@ -16,6 +16,7 @@ import pandas as pd
 
 from harness.core.errors import ConfigError
 from harness.core.schema import KEY, hyper_peak_bytes, row_key
+from harness.core.units import ratio
 from harness.store.results import read_results
 
 
@@ -35,10 +36,6 @@ def _time(row: pd.Series) -> float:
     return pd.to_numeric(row.get("hyper_time_s"), errors="coerce")
 
 
-def _ratio(new: float, base: float) -> float:
-    return new / base if base and not math.isnan(base) and not math.isnan(new) else math.nan
-
-
 def compare(base: pd.DataFrame, new: pd.DataFrame, limits: Thresholds) -> pd.DataFrame:
     """One row per matched cell: both statuses, time and memory ratios, and the verdict."""
     base_by_key = {row_key(r): r for _, r in base.iterrows()}
@@ -48,7 +45,7 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, limits: Thresholds) -> pd.Dat
         if b is None:
             continue
         t_base, t_new, m_base, m_new = _time(b), _time(n), _peak(b), _peak(n)
-        time_x, mem_x = _ratio(t_new, t_base), _ratio(m_new, m_base)
+        time_x, mem_x = (math.nan if r is None else r for r in (ratio(t_new, t_base), ratio(m_new, m_base)))
         problems = []
         if b["status"] == "ok" and n["status"] != "ok":
             problems.append(f"now {n['status']}")

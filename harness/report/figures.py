@@ -59,10 +59,10 @@ def cost_bars(ok: pd.DataFrame) -> Figure | None:
     interquartile range of the timed steps."""
     if ok.empty:
         return None
-    workloads = list(dict.fromkeys(ok["workload"]))
+    workloads = list(dict.fromkeys(ok["workload_label"]))
     fig, axes = plt.subplots(len(workloads), 2, figsize=(12, 3.6 * len(workloads)), squeeze=False)
     for row, workload in zip(axes, workloads):
-        data = ok[ok["workload"] == workload]
+        data = ok[ok["workload_label"] == workload]
         variants = list(dict.fromkeys(data["variant"]))
         backbones = list(dict.fromkeys(data["backbone"]))
         width = 0.8 / len(backbones)
@@ -96,10 +96,10 @@ def depth_scaling(ok: pd.DataFrame) -> Figure | None:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     colours = palette(data["variant"])
-    styles = dict(zip(dict.fromkeys(data["workload"]), ["-", "--", ":", "-."] * 4))
+    styles = dict(zip(dict.fromkeys(data["workload_label"]), ["-", "--", ":", "-."] * 4))
     for ax, col, name in zip(axes, ("hyper_ms", "peak_mb", "gflops"),
                              ("hyper-step time (ms)", "hyper-step peak memory (MB)", "hyper-step GFLOPs")):
-        for (workload, variant), g in data.groupby(["workload", "variant"], sort=False):
+        for (workload, variant), g in data.groupby(["workload_label", "variant"], sort=False):
             line = g.groupby("depth")[col].mean().dropna()
             if line.empty:
                 continue
@@ -121,7 +121,7 @@ def accuracy_vs_cost(acc: pd.DataFrame) -> Figure | None:
     data = acc[acc["acc_mean"].notna() & acc["hyper_ms"].notna()]
     if data.empty:
         return None
-    groups = list(data.groupby(["workload", "backbone"], sort=False))
+    groups = list(data.groupby(["workload_label", "backbone"], sort=False))
     fig, axes = plt.subplots(len(groups), 2, figsize=(12, 4 * len(groups)), squeeze=False)
     colours = palette(data["variant"])
     for row, ((workload, backbone), g) in zip(axes, groups):
@@ -154,13 +154,13 @@ def fidelity_vs_cost(ok: pd.DataFrame) -> Figure | None:
     if data.empty:
         return None
     colours = palette(data["variant"])
-    places = list(dict.fromkeys(data["workload"] + " / " + data["backbone"]))
+    places = list(dict.fromkeys(data["workload_label"] + " / " + data["backbone"]))
     markers = dict(zip(places, "osD^vP*Xhp<>" * 4))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
     for ax, col, name in ((axes[0], "time_x_plain", "hyper-step time (x plain step)"),
                           (axes[1], "mem_x_plain", "hyper-step peak memory (x plain step)")):
         for _, r in data.iterrows():
-            colour, marker = colours[r["variant"]], markers[r["workload"] + " / " + r["backbone"]]
+            colour, marker = colours[r["variant"]], markers[r["workload_label"] + " / " + r["backbone"]]
             ax.scatter(r[col], r["fid_cos_long"], color=colour, marker=marker, s=36)
             if pd.notna(r.get("fid_meancos_long")):
                 ax.plot([r[col]] * 2, [r["fid_cos_long"], r["fid_meancos_long"]], color=colour, lw=0.8)
@@ -181,7 +181,7 @@ def training_curves(curves: pd.DataFrame) -> Figure | None:
     (mean over seeds), one row of panels per workload and backbone."""
     if curves.empty:
         return None
-    groups = list(curves.groupby(["workload", "backbone"], sort=False))
+    groups = list(curves.groupby(["workload_label", "backbone"], sort=False))
     has_acc = curves["test_accuracy"].notna().any()
     fig, axes = plt.subplots(len(groups), 2 if has_acc else 1, figsize=(12 if has_acc else 6.5, 3.6 * len(groups)),
                              squeeze=False)

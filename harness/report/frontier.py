@@ -24,9 +24,8 @@ def frontier(prepared: pd.DataFrame, budgets: Iterable[int]) -> pd.DataFrame:
     ok["n_params"] = pd.to_numeric(ok["n_params"], errors="coerce") if "n_params" in ok else math.nan
     ok["size"] = ok["depth"].where(ok["depth"].notna(), ok["n_params"])
     # one frontier per workload, across its batch sizes (and other settings)
-    name = "workload_name" if "workload_name" in ok else "workload"
     rows = []
-    for (workload, variant), g in ok.groupby([name, "variant"], sort=False):
+    for (workload, variant), g in ok.groupby(["workload", "variant"], sort=False):
         for budget in budgets:
             fits = g[g["peak_mb"] * 2 ** 20 <= budget]
             best = fits.sort_values(["size", "batch", "peak_mb"]).iloc[-1] if len(fits) else None
@@ -43,6 +42,6 @@ def frontier(prepared: pd.DataFrame, budgets: Iterable[int]) -> pd.DataFrame:
 def _model(row: pd.Series, workload: str) -> str:
     """The backbone, with the workload's setting where one backbone name covers several
     sizes (`xlmr(layers=6)`)."""
-    label = str(row["workload"])
+    label = str(row.get("workload_label", workload))
     setting = label[len(workload):] if label.startswith(workload + "(") else ""
     return f"{row['backbone']}{setting}"

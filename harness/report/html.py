@@ -48,11 +48,11 @@ def _cost_tables(table: pd.DataFrame, reference: Reference) -> str:
     headers = ["estimator", "status", "hyper-step ms", "time x plain", "memory x plain", "FLOPs x plain",
                "time x ref", "memory x ref", "FLOPs x ref", "peak MB", "iteration memory x plain", "GFLOPs",
                "FLOP efficiency", "test accuracy"]
-    for (workload, backbone), g in table.groupby(["workload", "backbone"], sort=False):
+    for (workload, backbone), g in table.groupby(["workload_label", "backbone"], sort=False):
         ref = next((v for v in g["reference"] if v), "")
         note = (f"reference: {_e(ref)}" if ref else
                 f"no finished {_e(reference)} cell here, so no x ref columns")
-        means = ACCURACY_MEANS.get(str(workload).split("(")[0])
+        means = ACCURACY_MEANS.get(g["workload"].iloc[0])
         if means:
             note += f"; test accuracy here is the {_e(means)}"
         rows = []
@@ -85,7 +85,7 @@ def _fidelity_tables(table: pd.DataFrame) -> str:
     """Per workload and backbone: every estimator's fidelity against every reference measured,
     and for stochastic estimators one draw beside the mean of the draws."""
     parts = []
-    for (workload, backbone), g in table.groupby(["workload", "backbone"], sort=False):
+    for (workload, backbone), g in table.groupby(["workload_label", "backbone"], sort=False):
         g = g[g[[f"fid_cos_{r}" for r in FIDELITY_REFERENCES]].notna().any(axis=1)]
         if g.empty:
             continue
@@ -141,7 +141,7 @@ def _draws_to_target(r: pd.Series) -> str:
 def _at_a_glance(table: pd.DataFrame) -> str:
     """Per workload and backbone: the most accurate estimator and the accuracy-time front."""
     items = []
-    for (workload, backbone), g in table.groupby(["workload", "backbone"], sort=False):
+    for (workload, backbone), g in table.groupby(["workload_label", "backbone"], sort=False):
         ok = g[(g["status"] == "ok") & g["acc_mean"].notna() & g["hyper_ms"].notna()]
         learners = g[(g["status"] == "ok") & (g["flops_x_plain"] > 0)]  # not `plain`
         if ok.empty and not learners.empty:  # cost only: the cheapest hypergradients
@@ -170,7 +170,7 @@ def _failures(prepared: pd.DataFrame) -> str:
     bad = prepared[prepared["status"] != "ok"]
     if bad.empty:
         return "<p>Every cell finished ok.</p>"
-    rows = [[_e(r["workload"]), _e(r["backbone"]), _e(r["variant"]), _e(r["seed"]), _e(r["status"]),
+    rows = [[_e(r["workload_label"]), _e(r["backbone"]), _e(r["variant"]), _e(r["seed"]), _e(r["status"]),
              _e(r["error"])] for _, r in bad.iterrows()]
     return _table(["workload", "backbone", "estimator", "seed", "status", "error"], rows,
                   ["failed"] * len(rows))

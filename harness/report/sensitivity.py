@@ -66,7 +66,7 @@ def sweeps(ok: pd.DataFrame) -> list[Sweep]:
 def _places(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """Per workload / backbone: the seeds' means at each knob value, in knob order."""
     out = []
-    for (workload, backbone), g in rows.groupby(["workload", "backbone"], sort=False):
+    for (workload, backbone), g in rows.groupby(["workload_label", "backbone"], sort=False):
         cols = [c for c in g.columns if c.startswith("fid_") and pd.api.types.is_numeric_dtype(g[c])]
         out.append((f"{workload} / {backbone}", g.groupby("knob_value")[cols].mean().sort_index()))
     return out

@@ -8,35 +8,21 @@ from typing import Any
 import pandas as pd
 
 from harness.core.errors import ConfigError
-from harness.core.units import parse_sizes
 from harness.report.benchjson import load_benchmark_json
 from harness.store.results import read_curves, read_results
+from harness.store.runfolder import read_spec
 
 
 @dataclass
 class Source:
     """What a report is made from: rows, training curves, a title, the suite text and the
-    memory budgets of the frontier."""
+    memory budgets of the frontier (the run's `RunSpec.memory_frontier`)."""
     rows: pd.DataFrame
     curves: pd.DataFrame
     title: str
     suite_text: str | None
     environment: dict[str, Any]
     budgets: list[int] = field(default_factory=list)
-
-
-def _suite_budgets(text: str | None) -> list[int]:
-    """The suite's `memory_frontier` sizes (validated when the suite ran)."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(text) if text else None
-    except (yaml.YAMLError, RecursionError):
-        return []  # (the budgets are optional; the report shows the rows without a frontier)
-    try:
-        return parse_sizes(raw.get("memory_frontier"), "suite.yaml: memory_frontier") if isinstance(raw, dict) else []
-    except ConfigError:
-        return []
 
 
 def load_run(path: Path) -> Source:
@@ -50,7 +36,9 @@ def load_run(path: Path) -> Source:
     if rows is None:
         raise ConfigError(f"{path}: no results.csv here; give the folder `hgbench run` wrote "
                           "(e.g. reports/latest)")
+    spec = read_spec(path)
     suite = path / "suite.yaml"
-    name = str(rows["suite"].iloc[0]) if len(rows) else path.name
+    name = spec.name if spec is not None else (str(rows["suite"].iloc[0]) if len(rows) else path.name)
     text = suite.read_text(errors="replace") if suite.exists() else None
-    return Source(rows, read_curves(path), f"hgbench report: {name}", text, {}, _suite_budgets(text))
+    budgets = list(spec.memory_frontier) if spec is not None else []
+    return Source(rows, read_curves(path), f"hgbench report: {name}", text, {}, budgets)

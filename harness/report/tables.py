@@ -89,8 +89,7 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     for col in NUMERIC:
         out[col] = pd.to_numeric(out[col], errors="coerce")
     out["variant"] = variant_labels(out)
-    out["workload_name"] = out["workload"]
-    out["workload"] = workload_labels(out)
+    out["workload_label"] = workload_labels(out)  # (`workload` stays the registry name)
     out["depth"] = out["backbone"].map(_depth)
     out["hyper_ms"] = out["hyper_time_s"] * 1000
     out["hyper_iqr_ms"] = out["hyper_time_iqr_s"] * 1000
@@ -136,12 +135,13 @@ def summary(prepared: pd.DataFrame, reference: Reference) -> pd.DataFrame:
     """One row per workload, backbone and estimator variant (seeds pooled): cost from the
     cells that finished, accuracy as mean and 95% CI half-width over seeds."""
     rows = []
-    keys = ["workload", "backbone", "variant"]
-    for (workload, backbone, variant), g in prepared.groupby(keys, sort=False):
+    keys = ["workload_label", "backbone", "variant"]
+    for (label, backbone, variant), g in prepared.groupby(keys, sort=False):
         ok = g[g["status"] == "ok"]
         acc = ok["test_accuracy"].dropna()
         n = len(acc)
-        row = {"workload": workload, "backbone": backbone, "estimator": g["estimator"].iloc[0],
+        row = {"workload": g["workload"].iloc[0], "workload_label": label, "backbone": backbone,
+               "estimator": g["estimator"].iloc[0],
                "variant": variant,
                "params": ", ".join(f"{k}={v}" for k, v in estimator_params(g["params"].iloc[0]).items()),
                "cells": len(g), "status": _status(g["status"]),
@@ -159,10 +159,10 @@ def summary(prepared: pd.DataFrame, reference: Reference) -> pd.DataFrame:
     for col in ("time_x_ref", "mem_x_ref", "flops_x_ref"):
         table[col] = math.nan
     table["reference"] = ""
-    for (workload, backbone), g in table.groupby(["workload", "backbone"], sort=False):
+    for (label, backbone), g in table.groupby(["workload_label", "backbone"], sort=False):
         ref = next((r for _, r in g.iterrows()
                     if r["status"] == "ok" and reference.matches(
-                        r["estimator"], _params_of(prepared, workload, backbone, r["variant"]))), None)
+                        r["estimator"], _params_of(prepared, label, backbone, r["variant"]))), None)
         if ref is None:
             continue
         for col, base in (("time_x_ref", "hyper_ms"), ("mem_x_ref", "peak_mb"), ("flops_x_ref", "gflops")):
@@ -171,7 +171,7 @@ def summary(prepared: pd.DataFrame, reference: Reference) -> pd.DataFrame:
     return table[SUMMARY_COLUMNS]
 
 
-def _params_of(prepared: pd.DataFrame, workload: str, backbone: str, variant: str) -> dict[str, Any]:
-    row = prepared[(prepared["workload"] == workload) & (prepared["backbone"] == backbone)
+def _params_of(prepared: pd.DataFrame, label: str, backbone: str, variant: str) -> dict[str, Any]:
+    row = prepared[(prepared["workload_label"] == label) & (prepared["backbone"] == backbone)
                    & (prepared["variant"] == variant)].iloc[0]
     return estimator_params(row["params"])

@@ -1,31 +1,40 @@
 """Where cells run: this machine, one at a time or `--jobs N` at once, or a Ray cluster.
 
-An executor takes cells and yields their results rows as they finish (in any order); the
-runner writes each row to the results store at once, so whichever way cells run, a
+An executor takes cells and yields their results as they finish (in any order); the
+runner writes each one to the results store at once, so whichever way cells run, a
 finished cell is never lost. Every cell still runs in its own fresh process
 (`harness.run.isolation`): on Ray, the task's worker forks it.
+
+An executor decides where a cell runs, never on which device: that is the cell's own
+process's decision (`cell_process.resolve_device`). It only refuses, before any cell runs,
+cells its machines cannot serve (`device: cuda` without a GPU), and on Ray reserves a GPU
+for a cell that will use one (`cuda`, or `auto` where the cluster has GPUs).
 """
 from __future__ import annotations
 
 import os
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from harness.core.errors import ConfigError
 from harness.core.registry import Registry
+from harness.core.result import CellResult
 from harness.plan.cell import Cell
 
-RowFn = Callable[[Cell], dict[str, Any]]
+ResultFn = Callable[[Cell], CellResult]
 EXECUTORS: Registry[Callable[..., "Executor"]] = Registry("executor")
 
 
 class Executor:
     name: str
 
-    def run(self, cells: Iterable[Cell], row: RowFn) -> Iterator[tuple[Cell, dict[str, Any] | Exception]]:
-        """(cell, its row) as cells finish; an exception in place of the row when the
-        machinery (not the cell, which makes its own failure rows) lost it."""
+    def admit(self, cells: list[Cell]) -> None:
+        """Refuse (ConfigError) cells no machine of this executor can run."""
+
+    def run(self, cells: Iterable[Cell], result: ResultFn) -> Iterator[tuple[Cell, CellResult | Exception]]:
+        """(cell, its result) as cells finish; an exception in place of the result when
+        the machinery (not the cell, which makes its own failure results) lost it."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -38,6 +47,13 @@ class LocalExecutor(Executor):
     """`jobs` cells at once on this machine (default 1: timings need the machine alone)."""
     jobs: int = 1
     name: str = "local"
+
+    def admit(self, cells):
+        import torch
+
+        if any(c.device == "cuda" for c in cells) and not torch.cuda.is_available():
+            raise ConfigError("device: cuda requested but torch.cuda.is_available() is False on this "
+                              "machine (use device: cpu or auto)")
 
     def run(self, cells, row):
         if self.jobs == 1:
@@ -70,7 +86,7 @@ def _reachable(address: str, timeout_s: float = 5.0) -> None:
                           "`ray start --head` and give its HOST:PORT") from None
 
 
-def _ray_cell(row: RowFn, cell: Cell, plugins: str) -> dict[str, Any]:
+def _ray_cell(row: ResultFn, cell: Cell, plugins: str) -> CellResult:
     """Runs in a Ray worker: the driver's plugins, then the cell in its own process."""
     from harness.core.plugins import ENV
 
@@ -114,17 +130,23 @@ class RayExecutor(Executor):
         self.cpus = self.cpus_per_cell or min(float(os.cpu_count() or 1), largest or 1.0)
         self.gpus = ray.cluster_resources().get("GPU", 0.0)
 
+    def uses_gpu(self, cell: Cell) -> bool:
+        """Whether the cell's process will find CUDA, so its task must hold a GPU: `cuda`,
+        or `auto` on a cluster with GPUs (on one without, `auto` decides on the CPU)."""
+        return cell.device == "cuda" or (cell.device == "auto" and self.gpus >= 1)
+
+    def admit(self, cells):
+        if any(c.device == "cuda" for c in cells) and self.gpus < 1:
+            raise ConfigError("device: cuda cells need a GPU, and the Ray cluster has none")
+
     def run(self, cells, row):
         from harness.core.plugins import plugin_spec
 
         ray = self._ray
         task = ray.remote(_ray_cell)
         pending = {}
-        cells = list(cells)
-        if any(c.device == "cuda" for c in cells) and self.gpus < 1:
-            raise ConfigError("device: cuda cells need a GPU, and the Ray cluster has none")
         for cell in cells:
-            options = {"num_gpus": 1, "num_cpus": 1} if cell.device == "cuda" else {"num_cpus": self.cpus}
+            options = {"num_gpus": 1, "num_cpus": 1} if self.uses_gpu(cell) else {"num_cpus": self.cpus}
             pending[task.options(**options, max_retries=0).remote(row, cell, plugin_spec())] = cell
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

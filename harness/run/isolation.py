@@ -13,11 +13,22 @@ import select
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 
 # Imported once in the forkserver; every cell forks with these already loaded.
-PRELOAD = ["harness.run.cell"]
+PRELOAD = ["harness.run.cell_process"]
+# After its result arrives, how long the child may take to exit before it is killed (a
+# thread it left running must not hold the sweep).
+EXIT_GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class Lost:
+    """What became of a process that returned no result."""
+    status: str   # `timeout` or `error` (schema.STATUSES)
+    error: str
 
 
 def _die_with_driver(driver_pid: int) -> None:
@@ -49,7 +60,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _child(fn: Callable[[Any], dict], arg: Any, conn, plugins: str, driver_pid: int) -> None:
+def _child(fn: Callable[[Any], Any], arg: Any, conn, plugins: str, driver_pid: int) -> None:
     _die_with_driver(driver_pid)
     from harness.core.plugins import load_plugins
 
@@ -75,9 +86,8 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
-def run_isolated(fn: Callable[[Any], dict], arg: Any, timeout_s: float,
-                 preload: tuple[str, ...] = ()) -> dict[str, Any]:
-    """fn(arg) in a fresh process; its dict, or a `timeout` / `error` result of our own.
+def run_isolated(fn: Callable[[Any], Any], arg: Any, timeout_s: float, preload: tuple[str, ...] = ()) -> Any:
+    """fn(arg) in a fresh process: what it returned, or `Lost` saying what became of it.
 
     `fn` must be importable (it is pickled by reference) and catch its own exceptions.
     """
@@ -88,16 +98,15 @@ def run_isolated(fn: Callable[[Any], dict], arg: Any, timeout_s: float,
     proc = ctx.Process(target=_child, args=(fn, arg, send, plugin_spec(), os.getpid()), daemon=True)
     proc.start()
     send.close()
+    result = None
     try:
         if not receive.poll(timeout_s):
-            proc.kill()
-            proc.join()
-            return {"status": "timeout", "error": f"cell did not finish within timeout_s={timeout_s:g}"}
+            return Lost("timeout", f"cell did not finish within timeout_s={timeout_s:g}")
         try:
             result = receive.recv()
         except EOFError:  # the child died before sending anything
             result = None
-        proc.join()
+        proc.join(EXIT_GRACE_S)
     finally:
         receive.close()
         if proc.is_alive():
@@ -107,4 +116,4 @@ def run_isolated(fn: Callable[[Any], dict], arg: Any, timeout_s: float,
         return result
     code = proc.exitcode
     how = f"killed by {_signal_name(code)}" if code is not None and code < 0 else f"exited with code {code}"
-    return {"status": "error", "error": f"cell process {how} before reporting a result"}
+    return Lost("error", f"cell process {how} before reporting a result")

@@ -4,11 +4,10 @@ The same hyper-step is timed as the runner times it (`measure.time_steps`: a clo
 around each step, interleaved with the plain and inner steps) and in a bare loop (one clock
 reading around `steps` hyper-steps), in alternating blocks in one process so that machine
 drift hits both. Means are compared with means (the runner reports medians, which drop the
-outliers a mean keeps); the medians over blocks are printed. Run: `python -m harness.run.overhead [--backbone resnet18] [--estimators unroll evograd]`.
+outliers a mean keeps); the medians over blocks are printed. Run: `hgbench overhead [--backbone resnet18] [--estimators unroll evograd]`.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -16,7 +15,7 @@ import torch
 
 from harness.measure.passes import time_steps
 from harness.plan.suite import build_suite
-from harness.run.cell import probe_trainer
+from harness.run.cell_process import probe_trainer
 
 
 def overhead(estimator: str, backbone: str, width: int, blocks: int, steps: int) -> dict[str, float]:
@@ -36,22 +35,3 @@ def overhead(estimator: str, backbone: str, width: int, blocks: int, steps: int)
     h, b = statistics.median(harness_means), statistics.median(bare_means)
     return {"harness_hyper_s": h, "bare_hyper_s": b, "overhead": h / b - 1,
             "harness_median_s": statistics.median(harness_medians)}
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backbone", default="resnet18")
-    ap.add_argument("--width", type=int, default=16)
-    ap.add_argument("--estimators", nargs="+", default=["unroll", "evograd"])
-    ap.add_argument("--blocks", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=10)
-    args = ap.parse_args()
-    for est in args.estimators:
-        r = overhead(est, args.backbone, args.width, args.blocks, args.steps)
-        print(f"{est:10s} {args.backbone} width {args.width}: harness mean {r['harness_hyper_s'] * 1e3:.2f} ms "
-              f"(median, as reported: {r['harness_median_s'] * 1e3:.2f} ms), bare loop mean "
-              f"{r['bare_hyper_s'] * 1e3:.2f} ms, overhead {r['overhead'] * 100:+.2f}%")
-
-
-if __name__ == "__main__":
-    main()

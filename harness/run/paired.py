@@ -6,11 +6,10 @@ the same cell). For a claim of the form "A costs no more than B", time both on c
 same problem in one process, in pairs A, B, B, A, A, B, ..., and read the median of the
 per-pair ratios, so drift of the machine's speed hits both alike.
 FLOPs are exact and printed too. Run:
-`python -m harness.run.paired --workload mwn --backbone resnet18 hyperdistill:unit_direction=true t1t2:mode=exact`
+`hgbench paired --workload mwn --backbone resnet18 hyperdistill:unit_direction=true t1t2:mode=exact`
 """
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 
@@ -20,10 +19,10 @@ import yaml
 from harness.measure.flops import count_flops
 from harness.measure.timing import time_call
 from harness.plan.suite import build_suite
-from harness.run.cell import probe_trainer
+from harness.run.cell_process import probe_trainer
 
 
-def _estimator(text: str) -> dict:
+def estimator_entry(text: str) -> dict:
     """`name:key=value,...` (values read as YAML) -> a suite's estimator entry."""
     name, _, rest = text.partition(":")
     params = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in rest.split(",") if p)}
@@ -48,7 +47,7 @@ def median_interval(values: list[float], level: float = 0.95) -> tuple[float, fl
 
 
 def paired(workload: dict, a: str, b: str, rounds: int, warmup: int = 2) -> dict[str, float]:
-    cells = build_suite({"workloads": [workload], "estimators": [_estimator(a), _estimator(b)],
+    cells = build_suite({"workloads": [workload], "estimators": [estimator_entry(a), estimator_entry(b)],
                          "train_steps": 0, "warmup_steps": warmup}).cells
     device = torch.device("cpu")
     ta, tb = (probe_trainer(c, device) for c in cells)
@@ -67,25 +66,3 @@ def paired(workload: dict, a: str, b: str, rounds: int, warmup: int = 2) -> dict
     return {"a_ms": 1e3 * statistics.median(times_a), "b_ms": 1e3 * statistics.median(times_b),
             "time_ratio": statistics.median(ratios), "time_ratio_95": median_interval(ratios),
             "flops_ratio": count_flops(ta.hyper_step) / count_flops(tb.hyper_step)}
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("a", help="estimator A, e.g. hyperdistill:unit_direction=true")
-    ap.add_argument("b", help="estimator B, e.g. t1t2:mode=exact")
-    ap.add_argument("--workload", default="mwn")
-    ap.add_argument("--backbone", nargs="+", default=["resnet10", "resnet18", "resnet34"])
-    ap.add_argument("--params", default="{width: 16, batch_size: 32}", help="workload params (YAML)")
-    ap.add_argument("--rounds", type=int, default=15)
-    args = ap.parse_args()
-    for backbone in args.backbone:
-        w = {"name": args.workload, "backbone": backbone, "params": yaml.safe_load(args.params)}
-        r = paired(w, args.a, args.b, args.rounds)
-        print(f"{args.workload} {backbone} {args.params}: A {r['a_ms']:.1f} ms, B {r['b_ms']:.1f} ms, "
-              f"A/B time {r['time_ratio']:.3f} (median of {args.rounds} paired rounds; 95% interval "
-              f"{r['time_ratio_95'][0]:.3f}-{r['time_ratio_95'][1]:.3f}), "
-              f"A/B FLOPs {r['flops_ratio']:.3f}")
-
-
-if __name__ == "__main__":
-    main()

@@ -39,8 +39,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_provenance() -> dict[str, Any]:
-    """Facts that hold for the whole run (taken once, in the parent)."""
+def machine_provenance() -> dict[str, Any]:
+    """Facts of the machine and checkout a cell runs on: taken on that machine (a Ray
+    worker's own CPU, host and code), never the driver's."""
     sha, dirty = git_state()
     return {"hgbench_version": harness.__version__, "git_sha": sha, "git_dirty": dirty,
             "torch_version": torch.__version__, "cuda_version": torch.version.cuda or "",

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping
 import pandas as pd
 
 from harness.core.errors import ConfigError
+from harness.core.spec import RECORD_FILE
 from harness.core.schema import (COLUMNS, CURVE_COLUMNS, IDENTITY, STATUSES, SchemaError,
                                  unknown_columns)
 
@@ -96,7 +97,7 @@ def read_results(out_dir: Path) -> pd.DataFrame | None:
     path = out_dir / "results.csv"
     if not path.exists():
         return None
-    for name in (*RESULT_FILES, "curves.csv", "suite.yaml"):
+    for name in (*RESULT_FILES, "curves.csv", "suite.yaml", RECORD_FILE):
         if (out_dir / name).is_dir():
             raise ConfigError(f"{out_dir / name}: a folder where hgbench keeps a file; move it away or "
                               "choose another --out")

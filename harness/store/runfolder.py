@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from harness.core.errors import ConfigError
-from harness.core.schema import KEY, row_key
+from harness.core.result import CellResult
+from harness.core.schema import row_key
+from harness.core.spec import RECORD_FILE, RunSpec
 from harness.store.results import atomic_write, read_curves, read_results, write_curves, write_results
 
 LOCK_FILE = ".hgbench.lock"
@@ -91,19 +93,15 @@ class RunFolder:
         """The cells this folder has no row for yet, in order."""
         return [c for c in cells if c.key() not in self.finished]
 
-    def keep_suite(self, text: str) -> None:
+    def keep_suite(self, text: str, spec: RunSpec) -> None:
+        """The suite as written (`suite.yaml`, for people) and the run's resolved settings
+        (`run.json`, what resume and report read back)."""
         atomic_write(self.path / "suite.yaml", lambda p: p.write_text(text, encoding="utf-8"))
+        atomic_write(self.path / RECORD_FILE, lambda p: p.write_text(spec.record(), encoding="utf-8"))
 
-    def recorded_suite(self) -> str | None:
-        """The suite.yaml of the run held here, or None."""
-        path = self.path / "suite.yaml"
-        try:
-            return path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not a readable suite ({getattr(e, 'strerror', None) or e}); move the "
-                              "folder away or choose another --out") from None
+    def recorded_spec(self) -> RunSpec | None:
+        """The settings of the run held here (None for a folder without `run.json`)."""
+        return read_spec(self.path)
 
     def point_latest(self) -> None:
         """<parent>/latest -> this run (a relative symlink, so the folder can move). Pointed
@@ -113,12 +111,13 @@ class RunFolder:
             latest.unlink(missing_ok=True)
             latest.symlink_to(self.path.name, target_is_directory=True)
 
-    def add(self, row: dict[str, Any]) -> None:
+    def add(self, result: CellResult) -> None:
         """Keep a finished cell's row (and its training curve) on disk before the next one."""
-        key = dict(zip(KEY, row_key(row)))
-        self.curves += [{**key, **point} for point in row.pop("curve", None) or []]
+        self.curves += result.curve_rows()
+        row = result.row()
         count_shared_machine(self.rows, row)
         self.rows.append(row)
+        self.finished.add(result.key())
         write_curves(self.curves, self.path)
         write_results(self.rows, self.path)
 
@@ -132,6 +131,20 @@ class RunFolder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def read_spec(path: Path) -> RunSpec | None:
+    """The `run.json` of the run folder at `path`, checked; None when it has none (a folder
+    written before hgbench kept one: it resumes and reports without memory budgets)."""
+    record = path / RECORD_FILE
+    try:
+        text = record.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{record}: not a readable run record ({getattr(e, 'strerror', None) or e}); move the "
+                          "folder away or choose another --out") from None
+    return RunSpec.from_record(text, str(record))
 
 
 def check_download_paths(cells: Iterable[Any], out_dir: Path) -> None:

@@ -29,9 +29,14 @@ from estimators.base import HyperStepInputs
 from estimators.neumann import Neumann
 from estimators.unroll import Unroll
 from harness.core.schema import FIDELITY_METRICS, FIDELITY_REFERENCES, FIDELITY_TARGET_COS
-from harness.plan.fidelity import checkpoint_steps, resolve_spec
+from harness.core.spec import resolve_fidelity
 from harness.train.metaloop import MetaTrainer
 from workloads.base import TensorDict
+
+def checkpoint_steps(train_steps: int, checkpoints: int) -> set[int]:
+    """Inner-step indices at the middles of `checkpoints` equal spans of training."""
+    return {int((i + 0.5) * train_steps / checkpoints) for i in range(checkpoints)} if train_steps else set()
+
 
 # Random orders of the draws averaged for the draws-to-target curve (the cosine of the mean
 # of the first n draws depends on which n were drawn first).
@@ -127,7 +132,7 @@ class FidelityProbe:
     """Call before meta-iterations (`MetaTrainer.train(before_step=probe)`)."""
 
     def __init__(self, spec: dict[str, Any], train_steps: int):
-        self.spec = resolve_spec(spec)  # (defaults filled in)
+        self.spec = resolve_fidelity(spec)  # (defaults filled in)
         self.steps = checkpoint_steps(train_steps, spec["checkpoints"])
         self.samples: dict[str, list[float]] = {m: [] for m in FIDELITY_METRICS}
         self.curves: dict[str, list[torch.Tensor]] = {r: [] for r in FIDELITY_REFERENCES}

@@ -7,7 +7,7 @@ import json
 
 from harness.core.schema import BENCH_CARRIED
 from harness.measure.passes import profile
-from harness.run.cell import probe_trainer
+from harness.run.cell_process import probe_trainer
 
 
 def test_hyper_step(benchmark, cell, device):

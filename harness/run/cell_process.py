@@ -1,5 +1,10 @@
-"""The cell's own process: build its problem and estimator, profile a hyper-step, meta-train,
-evaluate, and return exactly one result, whatever happens inside."""
+"""The cell's own process: decide its device, build its problem and estimator, profile a
+hyper-step, meta-train, evaluate, and return exactly one `CellResult`, whatever happens
+inside.
+
+The device is decided here and only here (`device: auto` becomes CUDA where this process
+finds it), so a cell on a Ray worker uses the worker's GPU, not what the driver has, and
+every tensor of the cell is placed on the one device its row names (`device_type`)."""
 from __future__ import annotations
 
 import json
@@ -12,11 +17,12 @@ import torch
 
 from estimators import make_estimator
 from harness.core.errors import ConfigError, Diverged
+from harness.core.result import CellResult
 from harness.core.schema import hyper_peak_bytes
 from harness.measure.memory import AllocatorMode
 from harness.measure.passes import profile
 from harness.plan.cell import Cell
-from harness.run.provenance import process_provenance
+from harness.run.provenance import machine_provenance, process_provenance
 from harness.train.curves import CurveLog
 from harness.train.fidelity import FidelityProbe
 from harness.train.metaloop import MetaTrainer
@@ -24,6 +30,7 @@ from workloads import WORKLOADS
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device a cell's `device` setting names, on this machine."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -60,7 +67,7 @@ def _enforce_cuda_budget(cell: Cell, device: torch.device) -> None:
         torch.cuda.set_per_process_memory_fraction(min(1.0, cell.memory_budget_bytes / total), device)
 
 
-def run_cell(cell: Cell) -> dict[str, Any]:
+def run_cell(cell: Cell) -> CellResult:
     """Measure a hyper-step on one copy of the problem (time, memory and FLOPs passes), then
     meta-train and evaluate a fresh copy, so measuring never changes the trained model and
     results repeat for a seed."""
@@ -68,17 +75,16 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     if device.type == "cpu":
         AllocatorMode.for_live_bytes()  # before any tensor of the cell exists
     _enforce_cuda_budget(cell, device)
-    out: dict[str, Any] = process_provenance(device)
+    facts = {**machine_provenance(), **process_provenance(device)}
+    done = lambda status, error="", curve=(): CellResult(cell.identity(), status, error, out, facts, tuple(curve))
 
     probe = probe_trainer(cell, device)
-    out.update(profile(probe, device, cell.timed_steps))
+    out: dict[str, Any] = profile(probe, device, cell.timed_steps)
     del probe
 
-    peak = hyper_peak_bytes(out)
+    peak = hyper_peak_bytes({**out, "device_type": device.type})
     if cell.memory_budget_bytes and peak is not None and peak > cell.memory_budget_bytes:
-        out.update(status="oom", error=f"hyper-step peak {peak} bytes is over "
-                                       f"memory_budget_bytes={cell.memory_budget_bytes}")
-        return out
+        return done("oom", f"hyper-step peak {peak} bytes is over memory_budget_bytes={cell.memory_budget_bytes}")
 
     fidelity = FidelityProbe(cell.fidelity, cell.train_steps) if cell.fidelity["checkpoints"] else None
     if fidelity is not None and cell.fidelity["trajectory"] == "shared":
@@ -94,14 +100,13 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     if fidelity is not None:
         out.update(fidelity.columns())
     metrics = trainer.problem.evaluate()
-    out["curve"] = curve.finish(trainer, metrics)
+    points = curve.finish(trainer, metrics)
     if not math.isfinite(metrics["final_val_loss"]):
         raise Diverged(f"final validation loss is {metrics['final_val_loss']}")
     columns = ("test_accuracy", "test_accuracy_ci95", "final_val_loss")
     extra = {k: v for k, v in metrics.items() if k not in columns}
-    out.update({k: metrics.get(k) for k in columns}, metrics=json.dumps(extra, sort_keys=True),
-               status="ok", error="")
-    return out
+    out.update({k: metrics.get(k) for k in columns}, metrics=json.dumps(extra, sort_keys=True))
+    return done("ok", curve=points)
 
 
 # What an allocation failure says when it is not a torch.OutOfMemoryError: torch's CPU
@@ -120,11 +125,12 @@ def _status(exc: BaseException) -> str:
     return "error"
 
 
-def execute_cell(cell: Cell) -> dict[str, Any]:
+def execute_cell(cell: Cell) -> CellResult:
     """run_cell with every failure turned into a status and a one-line message."""
     try:
         return run_cell(cell)
     except Exception as exc:  # one failing cell must not stop the sweep
         last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         where = f" ({Path(last.filename).name}:{last.lineno})" if last else ""
-        return {"status": _status(exc), "error": f"{type(exc).__name__}: {exc}{where}"}
+        return CellResult.failed(cell.identity(), _status(exc), f"{type(exc).__name__}: {exc}{where}",
+                                 machine_provenance())
