@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup bench cost scaling scaling-transformer sensitivity overhead test pytest-bench list clean
+.PHONY: setup bench cost scaling scaling-transformer sensitivity overhead report-scale test pytest-bench list clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ sensitivity: $(STAMP)
 # Benchmark of the harness's own timing overhead (ResNet18, unroll and evograd).
 overhead: $(STAMP)
 	$(PY) -m harness overhead
+
+# Benchmark of `hgbench report` on 20,000 rows (ROWS=... to change).
+ROWS ?= 20000
+report-scale: $(STAMP)
+	$(PY) -m tests.benchmarks.report_scale --rows $(ROWS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -31,6 +31,7 @@ def _run_into(args: argparse.Namespace, suite, folder, executor) -> None:
     from tqdm import tqdm
 
     from harness.core.spec import RECORD_FILE
+    from harness.run.executors import ExecutorLost
     from harness.run.sweep import sweep
 
     if folder.rows:  # a resume: the rows there must come from this very suite's settings
@@ -47,10 +48,16 @@ def _run_into(args: argparse.Namespace, suite, folder, executor) -> None:
     print(f"hgbench: suite {suite.name!r}: {len(todo)} of {len(suite.cells)} cells to run -> {folder.path}",
           file=sys.stderr)
     with tqdm(total=len(todo), unit="cell", file=sys.stderr, disable=args.quiet) as bar:
-        for result in sweep(todo, executor, isolate=not args.in_process):
-            folder.add(result)
-            bar.set_postfix_str(f"{result.identity['workload']}/{result.identity['estimator']}: {result.status}")
-            bar.update()
+        try:
+            for result in sweep(todo, executor, isolate=not args.in_process):
+                folder.add(result)
+                bar.set_postfix_str(f"{result.identity['workload']}/{result.identity['estimator']}: {result.status}")
+                bar.update()
+        except ExecutorLost as e:
+            left = folder.pending(todo)
+            raise ConfigError(f"{e}; {len(left)} cell(s) have no row ({', '.join(c.label() for c in left[:3])}"
+                              f"{', ...' if len(left) > 3 else ''}); results.csv holds every finished cell: "
+                              f"run again with --resume --out {folder.path} to continue") from None
 
 
 def _print_summary(summary_csv: Path) -> None:
@@ -76,11 +83,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out DIR: the folder of the run to continue")
     reference = Reference.parse(args.reference or DEFAULT_REFERENCE)
-    out_dir = Path(args.out) if args.out else default_out()
-    check_download_paths(suite.cells, out_dir)
     executor = make_executor(args)  # (a bad executor option or Ray address: before any write)
     try:
         executor.admit(list(suite.cells))  # (cells no machine here can run: before any write)
+        out_dir = Path(args.out) if args.out else default_out()
+        try:
+            check_download_paths(suite.cells, out_dir)
+        except ConfigError:
+            if not args.out:
+                out_dir.rmdir()  # (made empty just now by default_out)
+            raise
         with RunFolder.open(out_dir, resume=args.resume) as folder:
             _run_into(args, suite, folder, executor)
             report = write_report(load_run(out_dir), out_dir, reference)
@@ -116,9 +128,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """Exit 0 only when every cell of BASE was matched and judged (see harness.report.compare)."""
     import pandas as pd
 
-    from harness.report.compare import Thresholds, compare, load
+    from harness.report.compare import MISSING, Thresholds, compare, load
 
     for flag in ("max_slowdown", "max_memory_growth"):
         if not getattr(args, flag) >= 1.0:
@@ -126,21 +139,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     limits = Thresholds(args.max_slowdown, args.max_memory_growth)
     base, new = load(Path(args.base)), load(Path(args.new))
     table = compare(base, new, limits)
-    if table.empty:
+    missing = table[table["verdict"] == MISSING]
+    if len(missing) == len(table):
         raise ConfigError(f"{args.base} and {args.new} share no cell (same workload, backbone, "
                           "estimator, parameters and seed); nothing to compare")
     shown = table.drop(columns=["params"])
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    unmatched = len(new) - len(table)
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
+    unmatched = len(new) - (len(table) - len(missing))
     if unmatched:
-        print(f"hgbench: {unmatched} cell(s) of {args.new} have no match in {args.base}", file=sys.stderr)
-    bad = table[table["verdict"] != "ok"]
+        print(f"hgbench: {unmatched} cell(s) of {args.new} have no match in {args.base} (not judged)",
+              file=sys.stderr)
+    bad = table[~table["verdict"].isin(["ok", MISSING])]
+    if len(missing):
+        print(f"hgbench: {len(missing)} of {len(table)} cells of {args.base} have no row in {args.new} (lost, or "
+              "their parameters changed): " + ", ".join(
+                  f"{r.workload}/{r.backbone}/{r.estimator}/seed {r.seed}" for r in missing.head(5).itertuples())
+              + (" ..." if len(missing) > 5 else ""), file=sys.stderr)
     if len(bad):
-        print(f"hgbench: {len(bad)} of {len(table)} matched cells regressed (limits: time x{limits.max_slowdown}, "
+        print(f"hgbench: {len(bad)} of {len(table)} cells regressed (limits: time x{limits.max_slowdown}, "
               f"memory x{limits.max_memory_growth}, or newly failing)", file=sys.stderr)
+    if len(bad) or len(missing):
         return 1
-    print(f"hgbench: {len(table)} matched cells, no regression", file=sys.stderr)
+    print(f"hgbench: all {len(table)} cells of {args.base} matched, no regression", file=sys.stderr)
     return 0
 
 
@@ -172,22 +193,32 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """The estimator contract on every registered estimator (plugins included), or those named."""
+    """The estimator contract on every registered estimator (plugins included), or those
+    named, each in a process of its own with a time limit: whatever one estimator does
+    (exit, crash, hang, leave a thread), the others are still checked and the exit status
+    says so. Exit 0 only when every one kept the contract; 1 when any broke it; 2 for an
+    unknown name or a broken plugin."""
     from estimators import ESTIMATORS
     from harness.core.plugins import load_plugins
-    from harness.train.contract import ContractViolation, check_estimator
+    from harness.run.isolation import Lost, run_isolated
+    from harness.train.contract import contract_outcome
 
     load_plugins()
+    if not args.timeout_s > 0:
+        raise ConfigError(f"--timeout-s {args.timeout_s}: must be > 0 seconds")
     names = args.estimators or ESTIMATORS.names()
-    broken = 0
     for name in names:
         ESTIMATORS.get(name, "hgbench check")
-        try:
-            check_estimator(name)
-            print(f"ok      {name}")
-        except ContractViolation as e:
+    broken = 0
+    for name in names:
+        outcome = run_isolated(contract_outcome, name, args.timeout_s, what="its check")
+        if isinstance(outcome, Lost):
+            outcome = f"{name}: {outcome.error}"
+        if outcome is None:
+            print(f"ok      {name}", flush=True)
+        else:
             broken += 1
-            print(f"BROKEN  {e}")
+            print(f"BROKEN  {outcome}", flush=True)
     print(f"hgbench: {len(names) - broken} of {len(names)} estimators keep the contract", file=sys.stderr)
     return 1 if broken else 0
 
@@ -282,6 +313,8 @@ def parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check", help="check the estimator contract (no change to weights, buffers, "
                                        "optimiser state; gradients shaped like the hyperparameters)")
     chk.add_argument("estimators", nargs="*", help="estimators to check (default: every registered one)")
+    chk.add_argument("--timeout-s", type=float, default=600.0,
+                     help="seconds one estimator's check may take before it is BROKEN (default 600)")
     chk.set_defaults(func=cmd_check)
     par = sub.add_parser("paired", help="time two estimators' hyper-steps in one process, alternating, "
                                         "and print the median time ratio with its 95%% interval (a benchmark)")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from workloads.data import load_digits_images
+from workloads.datasets import scan_image_folder
 
 
 class Domain:
@@ -52,7 +53,14 @@ class FolderDomain(Domain):
         tf = transforms.Compose([transforms.Resize(int(size * 1.15)), transforms.CenterCrop(size),
                                  transforms.ToTensor(),
                                  transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-        self.dataset = datasets.ImageFolder(str(Path(root).expanduser()), transform=tf)
+        folder = Path(root).expanduser()
+
+        class Scanned(datasets.ImageFolder):  # ImageFolder, over the loop-safe, bounded scan
+            @staticmethod
+            def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+                return scan_image_folder(Path(directory), f"lft domain {name}")
+
+        self.dataset = Scanned(str(folder), transform=tf)
         self.labels = torch.tensor(self.dataset.targets, dtype=torch.long)
 
     def load(self, index: Tensor) -> Tensor:

@@ -14,3 +14,8 @@ class ConfigError(ValueError):
 
 class Diverged(RuntimeError):
     """A loss or hypergradient became non-finite: the cell is recorded as `diverged`."""
+
+
+class ContractBreach(RuntimeError):
+    """An estimator broke the estimator contract during a run (gradients for keys that are not
+    the hyperparameters): that cell is an `error` row saying so."""

@@ -12,8 +12,35 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from harness.core.params import INT_LIMIT
 from harness.core.schema import (CURVE_POINT_COLUMNS, IDENTITY, KEY, PROVENANCE, SETTING_COLUMN, STATUSES,
                                  row_key)
+
+def storable(column: str, value: Any) -> Any:
+    """`value` as a results column stores it (numpy scalars become Python numbers), or
+    ValueError naming the column: the tables hold text, booleans, 64-bit integers and
+    floats, and nothing else survives both the csv and the parquet file."""
+    if hasattr(value, "item") and type(value).__module__ == "numpy" and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if value is None or isinstance(value, (bool, str, float)):
+        if isinstance(value, str) and not _utf8(value):
+            raise ValueError(f"column {column}: text that is not valid UTF-8 cannot be stored")
+        return value
+    if isinstance(value, int):
+        if -INT_LIMIT <= value <= INT_LIMIT:
+            return value
+        raise ValueError(f"column {column}: the integer {str(value)[:30]}... does not fit 64 bits")
+    raise ValueError(f"column {column}: a {type(value).__module__}.{type(value).__name__} cannot be stored "
+                     "(results columns hold numbers, booleans or text; convert it, e.g. float(x))")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
 
 # The columns measurements may not set: those of the other parts, and the store's own.
 _NOT_MEASURED = frozenset({*IDENTITY, *SETTING_COLUMN.values(), "status", "error", *PROVENANCE, "wall_s",
@@ -36,6 +63,7 @@ class CellResult:
         missing = [c for c in IDENTITY if c not in self.identity]
         if missing:
             raise ValueError(f"a result's identity lacks {', '.join(missing)}")
+        object.__setattr__(self, "measurements", {k: storable(k, v) for k, v in self.measurements.items()})
         clash = sorted(set(self.measurements) & _NOT_MEASURED)
         if clash:
             raise ValueError(f"measurements may not set {', '.join(clash)} (identity, status or provenance)")

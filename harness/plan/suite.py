@@ -38,10 +38,6 @@ class Suite:
     def name(self) -> str:
         return self.spec.name
 
-    @property
-    def settings(self) -> Mapping[str, Any]:
-        return self.spec.settings
-
     def record(self) -> str:
         """What a run folder keeps as suite.yaml: the file itself, or, with --set, the
         effective suite (comments are lost, so the file and the overrides head it)."""

@@ -10,7 +10,7 @@ import pandas as pd
 from harness.core.errors import ConfigError
 from harness.report.benchjson import load_benchmark_json
 from harness.store.results import read_curves, read_results
-from harness.store.runfolder import read_spec
+from harness.store.runfolder import bring_in_line, read_spec
 
 
 @dataclass
@@ -32,6 +32,7 @@ def load_run(path: Path) -> Source:
         return Source(rows, pd.DataFrame(), f"hgbench report: pytest-benchmark {path.name}", None, environment)
     if not path.is_dir():
         raise ConfigError(f"{path}: not a run folder or a pytest-benchmark .json file")
+    bring_in_line(path)
     rows = read_results(path)
     if rows is None:
         raise ConfigError(f"{path}: no results.csv here; give the folder `hgbench run` wrote "

@@ -53,11 +53,21 @@ class Reference:
 
 def _labels(names: pd.Series, params: list[dict[str, Any]]) -> pd.Series:
     """`name(key=value,...)` naming only the parameters that differ between the rows of that
-    name: `unroll(backend=func)`, or just `evograd` when there is one variant."""
+    name: `unroll(backend=func)`, or just `evograd` when there is one variant. Linear in the
+    rows: each value is serialised once, and the keys that vary are found once per name."""
+    values: dict[Any, dict[str, set[str]]] = {}
+    for name, p in zip(names, params):
+        seen = values.setdefault(name, {})
+        for k, v in p.items():
+            seen.setdefault(k, set()).add(json.dumps(v, sort_keys=True))
+    for name, p in zip(names, params):  # a row without the key reads as null, as q.get(k)
+        for k, seen in values[name].items():
+            if k not in p:
+                seen.add("null")
+    varying = {name: {k for k, vs in seen.items() if len(vs) > 1} for name, seen in values.items()}
     labels = []
     for name, p in zip(names, params):
-        others = [q for n, q in zip(names, params) if n == name]
-        keys = [k for k in p if len({json.dumps(q.get(k), sort_keys=True) for q in others}) > 1]
+        keys = [k for k in p if k in varying[name]]
         labels.append(f"{name}({','.join(f'{k}={p[k]}' for k in keys)})" if keys else name)
     return pd.Series(labels, index=names.index, dtype=object)
 

@@ -23,6 +23,11 @@ from harness.core.result import CellResult
 from harness.plan.cell import Cell
 
 ResultFn = Callable[[Cell], CellResult]
+
+
+class ExecutorLost(RuntimeError):
+    """The machinery behind an executor went away mid-run (the Ray head died): no cell after
+    this can finish. The runner names the cells left without a row and how to continue."""
 EXECUTORS: Registry[Callable[..., "Executor"]] = Registry("executor")
 
 
@@ -149,7 +154,11 @@ class RayExecutor(Executor):
             options = {"num_gpus": 1, "num_cpus": 1} if self.uses_gpu(cell) else {"num_cpus": self.cpus}
             pending[task.options(**options, max_retries=0).remote(row, cell, plugin_spec())] = cell
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            try:
+                done, _ = ray.wait(list(pending), num_returns=1)
+            except Exception as e:  # the head or its GCS is gone: nothing pending can come back
+                raise ExecutorLost(f"the Ray cluster at {self.address or 'the local Ray'} went away "
+                                   f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})") from None
             for ref in done:
                 cell = pending.pop(ref)
                 try:

@@ -86,8 +86,10 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
-def run_isolated(fn: Callable[[Any], Any], arg: Any, timeout_s: float, preload: tuple[str, ...] = ()) -> Any:
-    """fn(arg) in a fresh process: what it returned, or `Lost` saying what became of it.
+def run_isolated(fn: Callable[[Any], Any], arg: Any, timeout_s: float, preload: tuple[str, ...] = (),
+                 what: str = "cell") -> Any:
+    """fn(arg) in a fresh process: what it returned, or `Lost` saying what became of the
+    process (`what` names it in the message: a cell, a check).
 
     `fn` must be importable (it is pickled by reference) and catch its own exceptions.
     """
@@ -98,22 +100,20 @@ def run_isolated(fn: Callable[[Any], Any], arg: Any, timeout_s: float, preload: 
     proc = ctx.Process(target=_child, args=(fn, arg, send, plugin_spec(), os.getpid()), daemon=True)
     proc.start()
     send.close()
-    result = None
     try:
         if not receive.poll(timeout_s):
-            return Lost("timeout", f"cell did not finish within timeout_s={timeout_s:g}")
+            proc.kill()
+            return Lost("timeout", f"{what} did not finish within timeout_s={timeout_s:g}")
         try:
-            result = receive.recv()
+            return receive.recv()
         except EOFError:  # the child died before sending anything
-            result = None
-        proc.join(EXIT_GRACE_S)
+            pass
     finally:
         receive.close()
+        proc.join(EXIT_GRACE_S)  # (a process that sent its result but left a thread running is killed)
         if proc.is_alive():
             proc.kill()
             proc.join()
-    if result is not None:
-        return result
     code = proc.exitcode
     how = f"killed by {_signal_name(code)}" if code is not None and code < 0 else f"exited with code {code}"
-    return Lost("error", f"cell process {how} before reporting a result")
+    return Lost("error", f"{what} process {how} before reporting a result")

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Mapping
 import pandas as pd
 
 from harness.core.errors import ConfigError
-from harness.core.spec import RECORD_FILE
+from harness.core.spec import MAX_SEED, RECORD_FILE
 from harness.core.schema import (COLUMNS, CURVE_COLUMNS, IDENTITY, STATUSES, SchemaError,
                                  unknown_columns)
 
@@ -61,8 +61,16 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def write_results(rows: Iterable[Mapping[str, Any]], out_dir: Path) -> pd.DataFrame:
+    """results.csv, then results.parquet from the same rows. The csv is the truth: a run
+    stopped between the two writes leaves the parquet behind, and the next command that
+    opens the folder brings it back in line (`parquet_behind`, `write_parquet`)."""
     df = to_frame(rows)
     atomic_write(out_dir / "results.csv", lambda p: df.to_csv(p, index=False))
+    write_parquet(df, out_dir)
+    return df
+
+
+def write_parquet(df: pd.DataFrame, out_dir: Path) -> None:
     # Parquet needs one type per column: mixed object columns are stored as text.
     typed = df.copy()
     for col in typed.columns[typed.dtypes == object]:
@@ -70,7 +78,20 @@ def write_results(rows: Iterable[Mapping[str, Any]], out_dir: Path) -> pd.DataFr
         if len({type(v) for v in values}) > 1:
             typed[col] = typed[col].map(lambda v: None if v is None else str(v))
     atomic_write(out_dir / "results.parquet", lambda p: typed.to_parquet(p, index=False))
-    return df
+
+
+def parquet_behind(out_dir: Path, rows: int) -> bool:
+    """Whether results.parquet does not hold what results.csv (with `rows` rows) holds:
+    missing, unreadable, another row count, or written before the csv."""
+    csv_path, parquet = out_dir / "results.csv", out_dir / "results.parquet"
+    try:
+        import pyarrow.parquet as pq
+
+        if parquet.stat().st_mtime_ns < csv_path.stat().st_mtime_ns:
+            return True
+        return pq.read_metadata(parquet).num_rows != rows
+    except Exception:  # (missing, truncated, not parquet: all behind)
+        return True
 
 
 def write_curves(points: Iterable[Mapping[str, Any]], out_dir: Path) -> None:
@@ -129,11 +150,11 @@ def _bad_identity(df: pd.DataFrame) -> str | None:
     """What is wrong with a row's cell identity (its seed, its params JSON), if anything."""
     for i, (seed, params) in enumerate(zip(df["seed"], df["params"]), start=1):
         try:
-            ok_seed = float(seed) == int(float(seed))
+            ok_seed = float(seed) == int(float(seed)) and 0 <= int(float(seed)) < MAX_SEED
         except (TypeError, ValueError, OverflowError):
             ok_seed = False
         if not ok_seed:
-            return f"row {i}: seed {str(seed)[:40]!r} is not an integer"
+            return f"row {i}: seed {str(seed)[:40]!r} is not an integer in [0, 2**31)"
         try:
             parsed = json.loads(params)
         except (TypeError, ValueError, RecursionError):

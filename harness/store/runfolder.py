@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
@@ -19,13 +20,30 @@ from harness.core.errors import ConfigError
 from harness.core.result import CellResult
 from harness.core.schema import row_key
 from harness.core.spec import RECORD_FILE, RunSpec
-from harness.store.results import atomic_write, read_curves, read_results, write_curves, write_results
+from harness.store.results import (RESULT_FILES, atomic_write, parquet_behind, read_curves, read_results, write_curves,
+                                   write_parquet, write_results)
 
 LOCK_FILE = ".hgbench.lock"
 
 
-def default_out() -> Path:
-    return Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
+def default_out(parent: Path = Path("reports")) -> Path:
+    """A new folder `reports/<timestamp>` made for this run (`-2`, `-3`, ... when another run
+    made that one in the same second), so runs started together never share a folder."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{parent}: cannot write there ({e.strerror}); give --out DIR") from None
+    for n in range(1, 1000):
+        path = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot write there ({e.strerror}); give --out DIR") from None
+    raise ConfigError(f"{parent}: 999 runs started in the same second; give --out DIR")
 
 
 def _span(row: dict[str, Any]) -> tuple[Any, float, float] | None:
@@ -62,6 +80,11 @@ class RunFolder:
         """Make `path` (checked writable), take its lock, and read the rows it holds: refused
         when it holds results and `resume` is False, or when another run holds it."""
         try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"--out {str(path).encode('utf-8', 'replace').decode()}: the folder name is not "
+                              "valid UTF-8, which the results files cannot record; choose another name") from None
+        try:
             path.mkdir(parents=True, exist_ok=True)
             fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -85,6 +108,7 @@ class RunFolder:
             os.close(fd)
             raise
         rows = [] if existing is None else existing.to_dict("records")
+        _tidy(path, existing)
         finished = {row_key(r) for r in rows}
         curves = read_curves(path).to_dict("records") if existing is not None else []
         return cls(path, rows, [c for c in curves if row_key(c) in finished], fd)
@@ -105,11 +129,20 @@ class RunFolder:
 
     def point_latest(self) -> None:
         """<parent>/latest -> this run (a relative symlink, so the folder can move). Pointed
-        at the start, so an interrupted run's rows are found there too."""
+        at the start, so an interrupted run's rows are found there too. The link is made
+        beside it and renamed over it (atomic: a run pointing it at the same moment never
+        sees it missing); a real folder named `latest` is left alone."""
         latest = self.path.parent / "latest"
-        if latest.is_symlink() or not latest.exists():
-            latest.unlink(missing_ok=True)
-            latest.symlink_to(self.path.name, target_is_directory=True)
+        if latest.exists() and not latest.is_symlink():
+            return
+        tmp = self.path.parent / f".latest.{os.getpid()}.{self.path.name}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(self.path.name, target_is_directory=True)
+        try:
+            os.replace(tmp, latest)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def add(self, result: CellResult) -> None:
         """Keep a finished cell's row (and its training curve) on disk before the next one."""
@@ -131,6 +164,45 @@ class RunFolder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _tidy(path: Path, existing: Any) -> None:
+    """Under the folder's lock: remove temporary files a killed writer left, and bring
+    results.parquet back in line with results.csv (the truth) if a stop left it behind."""
+    for name in (*RESULT_FILES, "curves.csv", "suite.yaml", RECORD_FILE, "summary.csv", "frontier.csv",
+                 "report.html"):
+        for tmp in path.glob(f".{name}.*"):  # (atomic_write's temporary names)
+            tmp.unlink(missing_ok=True)
+    if existing is not None and parquet_behind(path, len(existing)):
+        write_parquet(existing, path)
+
+
+def bring_in_line(path: Path) -> None:
+    """What `report` and `compare` do on opening a run folder: when no run holds its lock,
+    rewrite a results.parquet that fell behind results.csv; when the folder is read-only,
+    say in one line which file to trust."""
+    existing = read_results(path)
+    if existing is None or not parquet_behind(path, len(existing)):
+        return
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        print(f"hgbench: {path / 'results.parquet'} is behind results.csv and the folder is read-only; "
+              "read results.csv, which holds every row", file=sys.stderr)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a run is writing there: it brings the parquet in line itself
+        os.close(fd)
+        return
+    try:
+        if parquet_behind(path, len(existing)):
+            write_parquet(read_results(path), path)
+    except OSError as e:
+        print(f"hgbench: {path / 'results.parquet'} is behind results.csv and cannot be rewritten "
+              f"({e.strerror}); read results.csv, which holds every row", file=sys.stderr)
+    finally:
+        os.close(fd)
 
 
 def read_spec(path: Path) -> RunSpec | None:

@@ -65,7 +65,7 @@ def _structure(g: Any, hparams: Mapping[str, torch.Tensor]) -> list[str]:
     if g is None:
         return []  # "no hyper-update" is allowed (plain)
     if not isinstance(g, Mapping) or set(g) != set(hparams):
-        keys = sorted(g) if isinstance(g, Mapping) else type(g).__name__
+        keys = sorted(map(repr, g)) if isinstance(g, Mapping) else type(g).__name__
         return [f"returned {keys}, not gradients keyed like the hyperparameters {sorted(hparams)}"]
     out = []
     for k, v in hparams.items():
@@ -82,7 +82,11 @@ def check_estimator(name: str, params: Mapping[str, Any] | None = None, seed: in
     """Run estimator `name` (a registered one, plugins included) once on the contract problem;
     raise ContractViolation listing everything it broke."""
     cls = ESTIMATORS.get(name)
-    estimator = make_estimator(name, resolve(cls.params, params, name), seed)
+    resolved = resolve(cls.params, params, name)
+    try:
+        estimator = make_estimator(name, resolved, seed)
+    except Exception as e:
+        raise ContractViolation(f"{name}: its constructor raised {type(e).__name__}: {e}") from e
     trainer = contract_problem(seed)
     before = _snapshot(trainer)
     inputs = HyperStepInputs(trainer.problem, trainer.train_stream.peek(estimator.n_train_batches),
@@ -94,3 +98,18 @@ def check_estimator(name: str, params: Mapping[str, Any] | None = None, seed: in
     problems = _changes(before, trainer) + _structure(g, trainer.problem.hparams)
     if problems:
         raise ContractViolation(f"{name}: " + "; ".join(problems))
+
+
+def contract_outcome(name: str) -> str | None:
+    """`check_estimator(name)` as `hgbench check` runs it, in a process of its own: None when
+    the contract holds, else what was broken. Anything the estimator does instead of
+    returning (raise, sys.exit) is a violation, never the checker's own exit."""
+    try:
+        check_estimator(name)
+    except ContractViolation as e:
+        return str(e)
+    except SystemExit as e:
+        return f"{name}: called sys.exit({e.code!r})"
+    except BaseException as e:
+        return f"{name}: the check raised {type(e).__name__}: {e}"
+    return None

@@ -8,14 +8,14 @@ them see the same sequence of real training batches.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor
 
 from estimators.base import Estimator, HyperStepInputs
 from estimators.functional import leaf_copy, scratch_buffers
-from harness.core.errors import Diverged
+from harness.core.errors import ContractBreach, Diverged
 from workloads.base import BilevelProblem
 
 
@@ -56,6 +56,10 @@ class MetaTrainer:
         hypergrad = self.estimator.hypergradient(inputs)
         if hypergrad is None:
             return
+        if not isinstance(hypergrad, Mapping) or hypergrad.keys() != self.problem.hparams.keys():
+            got = sorted(map(repr, hypergrad)) if isinstance(hypergrad, Mapping) else type(hypergrad).__name__
+            raise ContractBreach(f"estimator {self.estimator.name!r} returned gradients for {got}, not for the "
+                                 f"hyperparameters {sorted(self.problem.hparams)} (`hgbench check` tells more)")
         for name, p in self.problem.hparams.items():
             p.grad = hypergrad[name]
             bad = ~torch.isfinite(p.grad).all()
