@@ -22,7 +22,8 @@ from workloads.base import BilevelProblem, TensorDict
 @dataclass
 class HyperStepInputs:
     problem: BilevelProblem
-    train_batches: Sequence[Any]   # the first is the batch the real step will use next
+    train_batches: Sequence[Any]   # the first is the batch the real step will use next (or, for a
+                                   # real-step-first estimator, the one it has just used)
     val_batch: Any
     lr: float                      # the inner optimiser's current learning rate (eta)
     step: int                      # index of the real inner step about to be taken
@@ -57,6 +58,14 @@ class Estimator(ABC):
     def n_train_batches(self) -> int:
         """How many training batches one hyper-step consumes (the first is the real one)."""
         return 1
+
+    @property
+    def real_step_first(self) -> bool:
+        """True: each meta-iteration takes the real inner step first and then the hyper-step
+        around the updated weights, on the batch that step used (EvoGrad as the official LFT
+        code runs it); False (default): the hyper-step first, on the batch the real step
+        will use next."""
+        return False
 
     @property
     def saved_tensor_probe_applies(self) -> bool:

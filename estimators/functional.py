@@ -1,7 +1,8 @@
 """Small pure helpers shared by estimators: functional copies, lookahead steps, safe grads."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -30,8 +31,10 @@ def grads(output: Tensor, inputs: Mapping[Any, Tensor], **kwargs) -> dict[Any, T
 def vjp_grads(outputs: Mapping[str, Tensor], inputs: Mapping[Any, Tensor],
               vectors: Mapping[str, Tensor], **kwargs) -> dict[Any, Tensor]:
     """sum_k <outputs[k], vectors[k]> differentiated w.r.t. `inputs` (one backward pass)."""
-    keys = list(outputs)
+    keys = [k for k in outputs if outputs[k].requires_grad]  # (a zero gradient has no graph)
     names = list(inputs)
+    if not keys:
+        return {n: torch.zeros_like(inputs[n]) for n in names}
     got = torch.autograd.grad([outputs[k] for k in keys], [inputs[n] for n in names],
                               grad_outputs=[vectors[k] for k in keys], allow_unused=True, **kwargs)
     return {n: torch.zeros_like(inputs[n]) if g is None else g for n, g in zip(names, got)}
@@ -137,24 +140,64 @@ def mixed_mode_unroll(problem: BilevelProblem, weights: Mapping[str, Tensor], bu
         a_{t-1} = a_t . dPhi_t/dw  = a_t - lr * Hess_w Ltrain(w_{t-1}) a_t
 
     with both products from one forward-over-reverse pass per step. Memory: the iterates and
-    one step's first-order graph, whatever T is."""
+    one step's first-order graph, whatever T is. Each recomputed step draws what the step
+    drew (LFT's FT noise): `CommonDraws` per step."""
     frozen = detached(hparams)
     w = detached(weights)
-    steps = []  # (w_{t-1}, the buffers and the random state step t saw, D_t)
+    steps = []  # (w_{t-1}, the buffers and the random draws step t saw, D_t)
     for batch in train_batches:
-        steps.append((w, {k: v.clone() for k, v in buffers.items()}, _rng_state(), batch))
+        draws = CommonDraws()
+        steps.append((w, {k: v.clone() for k, v in buffers.items()}, draws, batch))
         wl = leaf_copy(w)
-        g = grads(problem.train_loss(wl, buffers, frozen, batch), wl)
+        with draws.same():
+            g = grads(problem.train_loss(wl, buffers, frozen, batch), wl)
         w = {k: (wl[k] - lr * g[k]).detach() for k in wl}
     a, total = val_grads(problem, leaf_copy(w), buffers, hparams, val_batch)
     after = _rng_state()
-    for w_prev, step_buffers, rng, batch in reversed(steps):
-        _set_rng_state(rng)  # the recomputed step draws what the step drew (LFT's FT noise)
-        hv, mixed = second_order_products(problem, w_prev, step_buffers, hparams, batch, a)
+    for w_prev, step_buffers, draws, batch in reversed(steps):
+        with draws.same():
+            hv, mixed = second_order_products(problem, w_prev, step_buffers, hparams, batch, a)
         total = {k: total[k] - lr * mixed[k] for k in total}
         a = {k: a[k] - lr * hv[k] for k in a}
     _set_rng_state(after)  # the random stream goes on as after the unrolled steps
     return total
+
+
+class CommonDraws:
+    """Common random numbers: evaluations of a workload's losses under the SAME random draws
+    (LFT's feature-wise noise, any dropout), so that a difference of two losses or gradients
+    is the difference of one function at two points, not of two functions.
+
+        with CommonDraws() as draws:
+            with draws.same():
+                plus = ...      # draws from the state at entry
+            with draws.same():
+                minus = ...     # the same draws again
+
+    The draws are those of torch's global generators (CPU, and CUDA where initialised), which
+    is where module-level randomness (`torch.randn`, dropout) comes from. On exit the stream
+    goes on as after ONE evaluation, so an estimator that evaluates twice leaves the run's
+    random stream where an estimator that evaluates once would."""
+
+    def __init__(self):
+        self.start = _rng_state()
+        self.after: tuple | None = None
+
+    @contextmanager
+    def same(self) -> Iterator[None]:
+        _set_rng_state(self.start)
+        try:
+            yield
+        finally:
+            if self.after is None:
+                self.after = _rng_state()
+
+    def __enter__(self) -> "CommonDraws":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.after is not None:
+            _set_rng_state(self.after)
 
 
 def _rng_state() -> tuple:

@@ -43,8 +43,13 @@ class HyperDistill(Estimator):
     Choices the paper leaves open, made here:
     - The inner step Phi is plain SGD at the current learning rate (as for every estimator),
       although the real step may use momentum.
-    - w* and D* are updated before every real inner step (`observe_inner_step`, Eq. 13/14),
-      also between hyper-steps when `hyper_every` > 1; t counts real inner steps from 1.
+    - w* and D* distil the PAST real steps (w_{s-1}, D_s), s = 1..t, as the paper's online
+      algorithm: they are updated before every real inner step (`observe_inner_step`, Eq.
+      13/14), also between hyper-steps when `hyper_every` > 1, and alpha is taken at w_t,
+      after the last real step. With gamma 0 the hypergradient is then exactly that of
+      Lval(w_t) through the last real step (w_{t-1}, D_t) with a plain-SGD step (a test).
+      t counts the real steps taken; the first hyper-step, before any real step, has no
+      past step to distil and returns gFO (the horizon factor (1 - gamma^0)/(1 - gamma) is 0).
     - theta (Algorithm 4) is refitted every `estimation_period` hyper-steps over a window of
       `window` REAL training steps: w_0 and the window's batches are recorded as training
       runs, and only the backward sweep costs extra. The sweep uses the linearly
@@ -56,8 +61,8 @@ class HyperDistill(Estimator):
       gradient at the weights the hyper-step sees, no lookahead), so a hyper-step costs one
       validation backward and one distilled VJP: no more than T1-T2's. `lookahead` instead
       takes alpha after a plain-SGD lookahead step (one more training forward and
-      backward); kept because with gamma 0 it is exactly T1-T2 (a test), and it is what
-      hgbench measured before this default changed.
+      backward) and distils the upcoming pair (w_t, D_{t+1}) too, so that with gamma 0 it
+      is exactly T1-T2 (a test); it is what hgbench measured before these defaults changed.
     """
 
     name = "hyperdistill"
@@ -68,8 +73,9 @@ class HyperDistill(Estimator):
               positive("window", int, 10, "inner steps in the window theta is fitted on"),
               Param("theta", float, 1.0, "initial scale theta"),
               Param("unit_direction", bool, False, "use v/||v|| (gFO = 0 workloads; no theta fit)"),
-              Param("lookahead", bool, False, "alpha after a plain-SGD lookahead step (costs a training "
-                    "forward and backward more; gamma 0 is then exactly T1-T2) instead of at the current weights"),
+              Param("lookahead", bool, False, "alpha after a plain-SGD lookahead step and the upcoming step "
+                    "distilled too (costs a training forward and backward more; gamma 0 is then exactly T1-T2) "
+                    "instead of alpha at the current weights and past steps only"),
               Param("pass_order", str, "train_first", "train_first: the distilled training graph, then the "
                     "validation pass (T1-T2's order and time); val_first: the validation pass first, a lower "
                     "peak (the graph never coexists with it) but pages faulted afresh on the CPU",
@@ -106,6 +112,12 @@ class HyperDistill(Estimator):
                                 subsample(batch, 1 - p, self._generator()))
         self._record(weights, batch)
 
+    def _close_window(self, weights: TensorDict) -> None:
+        """A full window's w_H is the weights after its last step: the weights now."""
+        w = self.window
+        if w is not None and w["wH"] is None and len(w["batches"]) == self.p["window"]:
+            w["wH"] = clone(weights)
+
     def _record(self, weights: TensorDict, batch: Any) -> None:
         w = self.window
         if w is None or w["wH"] is not None:
@@ -120,9 +132,11 @@ class HyperDistill(Estimator):
     # -- the hypergradient ----------------------------------------------------------------
     def hypergradient(self, inputs: HyperStepInputs) -> TensorDict:
         problem, lam, lr, gamma = inputs.problem, inputs.hparams, inputs.lr, self.p["gamma"]
-        t = inputs.step + 1
-        # records step t into an open window, or captures w_H once the window is full
-        self.observe_inner_step(inputs.weights, inputs.train_batches[0], t)
+        if self.p["lookahead"]:
+            # the upcoming pair (w_t, D_{t+1}) is distilled too: gamma 0 is then T1-T2
+            self.observe_inner_step(inputs.weights, inputs.train_batches[0], inputs.step + 1)
+        self._close_window(inputs.weights)
+        t = self.t  # real steps distilled: the horizon's length
         if not self.p["unit_direction"]:
             if self.window is not None and self.window["wH"] is not None:
                 self.theta = self.fit_theta(inputs, **self.window)
@@ -132,6 +146,11 @@ class HyperDistill(Estimator):
                 self.window = {"w0": None, "batches": [], "wH": None}  # from the next step
         self.calls += 1
 
+        if t == 0:
+            # Before any real step there is no past step to distil: the horizon factor
+            # (1 - gamma^0) / (1 - gamma) is 0 and the hypergradient is the direct one, gFO.
+            return val_grads(problem, leaf_copy(inputs.weights), scratch_buffers(inputs.buffers), lam,
+                             inputs.val_batch)[1]
         buffers = scratch_buffers(inputs.buffers)
         # train_first (default) builds the distilled training graph before the validation
         # pass, in T1-T2's order. In the other order the graph's memory was faulted in afresh

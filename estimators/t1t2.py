@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from estimators.base import Estimator, HyperStepInputs
-from estimators.functional import add, grads, leaf_copy, norm, scratch_buffers, sgd_step, val_grads, vjp_grads
+from estimators.functional import CommonDraws, add, grads, leaf_copy, norm, scratch_buffers, sgd_step, val_grads, vjp_grads
 from harness.core.params import Param
 from workloads.base import TensorDict
 
@@ -13,7 +13,9 @@ class T1T2(Estimator):
     is kept through the validation forward. `exact` then takes one double backward through
     the training loss (equal to unroll T=1 with the same batches); `fd` replaces that mixed
     derivative by DARTS's central difference along v = alpha with eps = 0.01/||v||
-    (first-order only).
+    (first-order only). The training pass and both sides of the difference run under the
+    same random draws (`CommonDraws`), so `fd` approximates `exact`'s derivative of one
+    function, the one the training pass drew.
     """
 
     name = "t1t2"
@@ -29,16 +31,18 @@ class T1T2(Estimator):
         buffers = scratch_buffers(inputs.buffers)
         w0 = leaf_copy(inputs.weights)
         exact = self.p["mode"] == "exact"
-        g_train = grads(problem.train_loss(w0, buffers, lam, batch), w0, create_graph=exact)
-
-        w1 = leaf_copy(sgd_step(w0, g_train, lr))
-        alpha, g_fo = val_grads(problem, w1, buffers, lam, inputs.val_batch)
-
-        if exact:
-            mixed = vjp_grads(g_train, lam, alpha)  # d/dlam <grad_w Ltrain(w0), alpha>
-        else:
-            eps = self.p["fd_scale"] / float(norm(alpha).clamp_min(1e-12))
-            plus = grads(problem.train_loss(add(w0, alpha, eps), buffers, lam, batch), lam)
-            minus = grads(problem.train_loss(add(w0, alpha, -eps), buffers, lam, batch), lam)
-            mixed = {k: (plus[k] - minus[k]) / (2 * eps) for k in lam}
+        with CommonDraws() as draws:
+            with draws.same():
+                g_train = grads(problem.train_loss(w0, buffers, lam, batch), w0, create_graph=exact)
+            w1 = leaf_copy(sgd_step(w0, g_train, lr))
+            alpha, g_fo = val_grads(problem, w1, buffers, lam, inputs.val_batch)
+            if exact:
+                mixed = vjp_grads(g_train, lam, alpha)  # d/dlam <grad_w Ltrain(w0), alpha>
+            else:
+                eps = self.p["fd_scale"] / float(norm(alpha).clamp_min(1e-12))
+                with draws.same():
+                    plus = grads(problem.train_loss(add(w0, alpha, eps), buffers, lam, batch), lam)
+                with draws.same():
+                    minus = grads(problem.train_loss(add(w0, alpha, -eps), buffers, lam, batch), lam)
+                mixed = {k: (plus[k] - minus[k]) / (2 * eps) for k in lam}
         return {k: g_fo[k] - lr * mixed[k] for k in lam}

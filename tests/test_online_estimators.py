@@ -8,6 +8,14 @@ from tests.helpers import estimator, inputs_for, rel_err, small_mwn
 from tests.quadratic import Quadratic
 
 
+
+def primed(est, trainer):
+    """A standalone HyperDistill that has distilled one past step: (the current weights, the
+    next batch), as if the trainer had observed a real step from here (it distils only the
+    real steps it is shown, and returns gFO before any)."""
+    est.observe_inner_step(trainer.problem.weights, trainer.train_stream.peek(1)[0], est.t + 1)
+    return est
+
 def test_hyperdistill_with_lookahead_gamma_0_and_theta_1_is_t1t2():
     problem, trainer = small_mwn(width=8)
     inputs = inputs_for(trainer)
@@ -22,7 +30,8 @@ def test_hyperdistill_with_gamma_0_takes_alpha_at_the_current_weights():
     d/dlam grad_w Ltrain = diag(w): g = -eta * w * (w - d), in closed form."""
     q = Quadratic(lr=0.05)
     trainer = MetaTrainer(q, estimator("plain"), 100)
-    g = estimator("hyperdistill", gamma=0.0, theta=1.0).hypergradient(inputs_for(trainer))["lam"]
+    hd = primed(estimator("hyperdistill", gamma=0.0, theta=1.0), trainer)  # w* = w, D* = the batch
+    g = hd.hypergradient(inputs_for(trainer))["lam"]
     w = q.weights["w"].detach()
     assert torch.allclose(g, -0.05 * w * (w - q.d), rtol=1e-12)
     ahead = estimator("hyperdistill", gamma=0.0, theta=1.0, lookahead=True).hypergradient(inputs_for(trainer))
@@ -37,7 +46,7 @@ def test_hyperdistill_costs_no_more_flops_than_t1t2_exact():
     problem, trainer = small_mwn(width=4)
     inputs = inputs_for(trainer)
     hd, t1t2 = estimator("hyperdistill", unit_direction=True), estimator("t1t2", mode="exact")
-    hd.hypergradient(inputs)  # the first call sets up w* and D*
+    primed(hd, trainer)
     flops_hd = count_flops(lambda: hd.hypergradient(inputs))
     flops_t1t2 = count_flops(lambda: t1t2.hypergradient(inputs))
     old = estimator("hyperdistill", unit_direction=True, lookahead=True)
@@ -112,7 +121,7 @@ def test_hyperdistill_refits_theta_online_from_real_steps():
 
 def test_hyperdistill_unit_direction_has_unit_norm_when_gfo_is_zero():
     problem, trainer = small_mwn(width=4)
-    g = estimator("hyperdistill", unit_direction=True).hypergradient(inputs_for(trainer))
+    g = primed(estimator("hyperdistill", unit_direction=True), trainer).hypergradient(inputs_for(trainer))
     assert abs(float(torch.cat([t.flatten() for t in g.values()]).norm()) - 1) < 1e-5
 
 
@@ -165,13 +174,13 @@ def test_hyperdistill_does_its_passes_in_t1t2s_order():
     logs = {}
     for name, params in (("t1t2", {"mode": "exact"}), ("hyperdistill", {"unit_direction": True})):
         est = estimator(name, **params)
-        est.hypergradient(inputs_for(trainer))  # HyperDistill's first call sets up w* and D*
+        if name == "hyperdistill":
+            primed(est, trainer)
         problem = _PassLog(trainer.problem)
         est.hypergradient(replace(inputs_for(trainer), problem=problem))
         logs[name] = problem.log
     assert logs["hyperdistill"] == logs["t1t2"] == ["train", "val"]
-    est = estimator("hyperdistill", unit_direction=True, pass_order="val_first")
-    est.hypergradient(inputs_for(trainer))
+    est = primed(estimator("hyperdistill", unit_direction=True, pass_order="val_first"), trainer)
     problem = _PassLog(trainer.problem)
     est.hypergradient(replace(inputs_for(trainer), problem=problem))
     assert problem.log == ["val", "train"]
@@ -188,7 +197,7 @@ def test_hyperdistill_val_first_gives_the_same_hypergradient_with_a_lower_graph_
     got, peak = {}, {}
     for order in ("train_first", "val_first"):
         est = estimator("hyperdistill", unit_direction=True, pass_order=order)
-        est.hypergradient(inputs)  # sets up w* and D*
+        primed(est, trainer)
         with SavedTensorBytes() as probe:
             got[order] = est.hypergradient(inputs)
         peak[order] = probe.peak_bytes

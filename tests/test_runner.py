@@ -53,7 +53,8 @@ def test_run_writes_results_with_the_documented_columns(tmp_path, capsys):
     assert df[df["workload"] == "toy1d"]["test_accuracy"].isna().all()
     assert set(mwn["estimator"]) == {"plain", "unroll", "t1t2", "evograd"}
     params = json.loads(mwn[mwn["estimator"] == "evograd"]["params"].iloc[0])
-    assert params["estimator"] == {"K": 2, "sigma": 0.001, "tau": 0.05, "noise": "rademacher"}
+    assert params["estimator"] == {"K": 2, "sigma": 0.001, "tau": 0.05, "noise": "rademacher", "perturb": "all",
+                                   "order": "hyper_first", "sigma_from_lr": False}
     assert params["workload"]["width"] == 4
     assert (mwn["n_params"] > 0).all() and (mwn["n_hparams"] == 301).all()
     assert (out / "report.html").exists() and (out / "suite.yaml").read_text() == TINY

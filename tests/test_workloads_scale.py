@@ -73,10 +73,13 @@ def test_ft_layers_perturb_in_train_mode_only():
     assert torch.equal(ft(x), x)
 
 
-def test_ft_backbone_puts_one_ft_after_each_blocks_batchnorm():
+def test_ft_backbone_puts_an_ft_at_each_blocks_end_and_on_each_shortcut_batchnorm():
+    """The official LFT ResNet: SimpleBlock's BN2 and BNshortcut are FT layers, BN1 is not."""
     model = BACKBONES.get("resnet18")(num_classes=5, width=8, ft=True)
     fts = [m for m in model.modules() if isinstance(m, FeatureWiseTransform)]
-    assert len(fts) == 2 * 8  # two BatchNorms in each of ResNet18's 8 blocks
+    assert len(fts) == 8 + 3  # one per block of ResNet18's 8, one per projection shortcut (3)
+    for block in (m for m in model.modules() if type(m).__name__ == "BasicBlock"):
+        assert isinstance(block.ft2, FeatureWiseTransform) and not hasattr(block, "ft1")
     plain = BACKBONES.get("resnet18")(num_classes=5, width=8)
     assert n_params(model) - n_params(plain) == sum(n_params(f) for f in fts)
 
@@ -115,7 +118,7 @@ def test_lft_ft_is_active_in_the_training_loss_and_off_in_the_validation_loss():
     problem = build("lft", {"width": 4, "n_query": 2, "test_episodes": 2, "val_episodes": 1})
     batch = next(problem.train_stream)
     w, b, h = problem.weights, problem.buffers, problem.hparams
-    assert set(h) and not set(h) & set(w) and all(".ft" in k for k in h)
+    assert set(h) and not set(h) & set(w) and all(".ft2." in k or ".shortcut.2." in k for k in h)
     torch.manual_seed(0)
     t1, t2 = problem.train_loss(w, b, h, batch), problem.train_loss(w, b, h, batch)
     assert not torch.equal(t1, t2)  # FT noise is drawn on each forward
@@ -164,10 +167,10 @@ def test_lft_reads_domains_from_image_folders(tmp_path):
     dirs = {name: str(write_image_folder(tmp_path / name, classes=3, per_class=2, seed=i))
             for i, name in enumerate(("a", "b", "c"))}
     problem = build("lft", {"data": "folders", "domain_dirs": dirs, "train_domains": "a,b", "test_domain": "c",
-                            "n_way": 3, "n_shot": 1, "n_query": 1, "image_size": 16, "width": 4,
+                            "n_way": 3, "n_shot": 1, "n_query": 1, "image_size": 32, "width": 4,
                             "test_episodes": 2, "val_episodes": 1})
     x, y, is_query = next(problem.train_stream)
-    assert x.shape == (6, 3, 16, 16)
+    assert x.shape == (6, 3, 32, 32)
     trainer = MetaTrainer(problem, estimator("unroll"), 10)
     trainer.iteration()
     assert 0 <= problem.evaluate()["test_accuracy"] <= 1
@@ -281,7 +284,7 @@ def test_paper_suite_names_its_missing_data_and_loads_with_data(tmp_path):
     sets = [f"workloads.0.params.data_root={cifar}", f"workloads.2.params.data_root={mnist}"]
     sets += [f"workloads.1.params.domain_dirs.{n}={p}" for n, p in dirs.items()]
     suite = load_suite(find_suite("paper"), sets)
-    assert len(suite.cells) == 3 * (1 + 3 + 1) * 6
+    assert len(suite.cells) == 3 * (1 + 3 + 1) * 7  # (EvoGrad twice: also as the LFT code runs it)
     assert {c.backbone for c in suite.cells if c.workload == "mwn"} == {"resnet32"}
 
 

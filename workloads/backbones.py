@@ -23,7 +23,12 @@ class FeatureWiseTransform(nn.Module):
     """Tseng et al. (ICLR 2020): after a BatchNorm, scale and shift each channel by sampled
     noise, gamma ~ 1 + N(0, softplus(g)), beta ~ N(0, softplus(b)), one draw per forward for
     the whole batch. Active in train mode only (and while `active`); g and b, of shape
-    [1,C,1,1] and initialised to 0.3 and 0.5 as in the LFT code, are hyperparameters."""
+    [1,C,1,1] and initialised to 0.3 and 0.5, are hyperparameters. As the official code
+    (`methods/backbone.py` `FeatureWiseTransformation2d_fw`), softplus is taken with
+    beta = 100, so the noise scales start at about 0.3 and 0.5 (plain softplus would make
+    them 0.85 and 0.97)."""
+
+    SOFTPLUS_BETA = 100.0
 
     def __init__(self, channels: int):
         super().__init__()
@@ -35,9 +40,14 @@ class FeatureWiseTransform(nn.Module):
         if not (self.training and self.active):
             return x
         shape = (1, x.shape[1], 1, 1)
-        gamma = 1 + torch.randn(shape, dtype=x.dtype, device=x.device) * F.softplus(self.gamma)
-        beta = torch.randn(shape, dtype=x.dtype, device=x.device) * F.softplus(self.beta)
+        gamma = 1 + torch.randn(shape, dtype=x.dtype, device=x.device) * self.scale(self.gamma)
+        beta = torch.randn(shape, dtype=x.dtype, device=x.device) * self.scale(self.beta)
         return gamma * x + beta
+
+    @classmethod
+    def scale(cls, raw: Tensor) -> Tensor:
+        """The noise's standard deviation for a raw hyperparameter value."""
+        return F.softplus(raw, beta=cls.SOFTPLUS_BETA)
 
 
 def _ft(channels: int, ft: bool) -> nn.Module:
@@ -57,22 +67,28 @@ class PadShortcut(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, ft: bool = False, pad_shortcut: bool = False):
+    """conv-BN-ReLU-conv-BN plus the shortcut, then ReLU. With `ft`, a feature-wise
+    transformation follows the second BatchNorm (the end of the residual branch) and the
+    shortcut's BatchNorm, as the official LFT ResNet's `SimpleBlock` (its `BN2` and
+    `BNshortcut` are `FeatureWiseTransformation2d_fw`; `BN1` is a plain BatchNorm)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, ft: bool = False, pad_shortcut: bool = False,
+                 inplace: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
-        self.ft1 = _ft(cout, ft)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.ft2 = _ft(cout, ft)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=inplace)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = (PadShortcut(cout - cin) if pad_shortcut else
-                             nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+                             nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout),
+                                           *([FeatureWiseTransform(cout)] if ft else [])))
 
     def forward(self, x):
-        out = self.relu(self.ft1(self.bn1(self.conv1(x))))
+        out = self.relu(self.bn1(self.conv1(x)))
         out = self.ft2(self.bn2(self.conv2(out)))
         return self.relu(out + self.shortcut(x))
 
@@ -82,26 +98,27 @@ class ResNet(nn.Module):
     ResNet32's); each later stage doubles it and halves the resolution.
 
     The `cifar` stem (3x3 conv, stride 1, no pooling) suits 32 px inputs; the `imagenet`
-    stem (7x7 conv stride 2, max-pool) suits 84-224 px inputs. With `ft`, a feature-wise
-    transformation follows each BatchNorm inside the residual blocks.
+    stem (7x7 conv stride 2, max-pool) suits 84-224 px inputs. With `ft`, feature-wise
+    transformations sit where the official LFT ResNet has them (see `BasicBlock`);
+    `inplace` makes the ReLUs in-place, as that code's are.
     """
 
     def __init__(self, blocks: list[int], num_classes: int, width: int = 64, in_channels: int = 3,
-                 stem: str = "cifar", ft: bool = False, pad_shortcut: bool = False):
+                 stem: str = "cifar", ft: bool = False, pad_shortcut: bool = False, inplace: bool = False):
         super().__init__()
         if stem == "imagenet":
             self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
-                                      nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+                                      nn.BatchNorm2d(width), nn.ReLU(inplace=inplace), nn.MaxPool2d(3, 2, 1))
         elif stem == "cifar":
             self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
-                                      nn.BatchNorm2d(width), nn.ReLU())
+                                      nn.BatchNorm2d(width), nn.ReLU(inplace=inplace))
         else:
             raise ValueError(f"unknown stem {stem!r}; use one of {STEMS}")
         stages, cin = [], width
         for i, n in enumerate(blocks):
             cout = width * 2 ** i
             stages.append(nn.Sequential(*[
-                BasicBlock(cin if j == 0 else cout, cout, 1 if (i == 0 or j > 0) else 2, ft, pad_shortcut)
+                BasicBlock(cin if j == 0 else cout, cout, 1 if (i == 0 or j > 0) else 2, ft, pad_shortcut, inplace)
                 for j in range(n)]))
             cin = cout
         self.stages = nn.Sequential(*stages)

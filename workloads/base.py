@@ -77,14 +77,18 @@ class InnerOptim:
 
     def update_derivative(self, opt: torch.optim.Optimizer) -> list[Tensor | float]:
         """Per parameter of `opt`, d(update)/d(gradient) of the next real step at the
-        optimiser's current state (SAMA's algorithmic adaptation). SGD, with or without
-        momentum: the learning rate. Adam/AdamW: lr (1 - b1) / (1 - b1^t) / (sqrt(v_hat) + eps),
+        optimiser's current state (SAMA's algorithmic adaptation). SGD: the learning rate,
+        times (1 + momentum) with Nesterov momentum (torch's Nesterov step adds lr * momentum
+        times the new buffer, which holds the gradient once more: MW-Net's 0.9 gives 1.9 lr;
+        SAMA's reference uses lr alone, a constant factor the hyper learning rate would
+        absorb). Adam/AdamW: lr (1 - b1) / (1 - b1^t) / (sqrt(v_hat) + eps),
         elementwise, holding the second moment v at its current state (t the next step);
         before the first step (no state yet) the learning rate."""
         group = opt.param_groups[0]
         lr = group["lr"]
         if self.kind == "sgd":
-            return [lr for _ in group["params"]]
+            slope = lr * (1 + group["momentum"]) if group["nesterov"] else lr
+            return [slope for _ in group["params"]]
         b1, b2 = group["betas"]
         out: list[Tensor | float] = []
         for p in group["params"]:
@@ -153,11 +157,21 @@ class BilevelProblem(ABC):
     def val_loss(self, weights: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                  hparams: Mapping[str, Tensor], batch: Any) -> Tensor: ...
 
+    def real_step_loss(self, weights: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                       hparams: Mapping[str, Tensor], batch: Any, progress: float) -> Tensor:
+        """The loss the REAL inner step descends, `progress` the fraction of the run's steps
+        taken: the training loss, plus whatever a workload's own code adds to the real step
+        only (LFT's auxiliary loss); lookaheads never see the addition."""
+        return self.train_loss(weights, buffers, hparams, batch)
+
     @abstractmethod
     def evaluate(self) -> dict[str, float]:
         """Metrics of the real model now: `test_accuracy`, `final_val_loss`, and extras."""
 
     synthetic: bool = False  # True: seeded random data, for cost only (no accuracy is reported)
+    # Name prefixes of the weights that form the model's head (its last classifier or scoring
+    # module): what EvoGrad's `perturb: head` perturbs. Empty: the workload names none.
+    head: tuple[str, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         """Facts for the results row (parameter counts, ...)."""

@@ -91,6 +91,8 @@ def token_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 class MetaXLProblem(BilevelProblem):
+    head = ("classifier.",)  # the token classifier: what the official EvoGrad perturbs
+
     def __init__(self, p: Mapping[str, Any], backbone: str, seed: int, device: torch.device):
         arch = architecture(p, backbone)
         sizes = {"source_train": p["source_size"], "target_train": p["target_size"],

@@ -74,6 +74,8 @@ def make_splits(p: Mapping[str, Any], seed: int) -> dict[str, Split]:
 
 
 class MWNProblem(ClassifierProblem):
+    head = ("fc.",)  # the classifier layer
+
     def __init__(self, p: Mapping[str, Any], backbone: str, seed: int, device: torch.device):
         splits = {k: v.to(device) for k, v in make_splits(p, seed).items()}
         self.train_split, self.meta_split, self.test_split = splits["train"], splits["meta"], splits["test"]

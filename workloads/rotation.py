@@ -73,6 +73,8 @@ def make_splits(p: Mapping[str, Any], seed: int) -> dict[str, Split]:
 
 
 class RotationProblem(ClassifierProblem):
+    head = ("fc.5.",)  # LeNet's last (classifier) layer
+
     def __init__(self, p: Mapping[str, Any], backbone: str, seed: int, device: torch.device):
         splits = {k: v.to(device) for k, v in make_splits(p, seed).items()}
         self.val_split, self.test_split = splits["val"], splits["test"]

@@ -41,16 +41,27 @@ class MetaTrainer:
         self.hyper_opt = problem.hyper.build(list(problem.hparams.values()))
         self.train_stream = PeekableStream(problem.train_stream)
         self.val_stream = PeekableStream(problem.val_stream)
+        self.total_steps = total_steps
         self.step = 0
         self.last_loss: Tensor | None = None
+        self.last_batch: Any = None  # the batch of the last real step (real-step-first estimators)
         self._bad_hypergrad: Tensor | None = None  # a device flag: no host sync per step
 
     @property
     def lr(self) -> float:
         return self.inner_opt.param_groups[0]["lr"]
 
+    def _hyper_batches(self) -> list[Any]:
+        """The hyper-step's training batches: those the next real steps will use, or, for an
+        estimator that takes the real step first (EvoGrad as the LFT code runs it), the one
+        the last real step used, then the next ones."""
+        n = self.estimator.n_train_batches
+        if self.estimator.real_step_first and self.last_batch is not None:
+            return [self.last_batch, *self.train_stream.peek(n - 1)]
+        return self.train_stream.peek(n)
+
     def hyper_step(self) -> None:
-        batches = self.train_stream.peek(self.estimator.n_train_batches)
+        batches = self._hyper_batches()
         inputs = HyperStepInputs(self.problem, batches, next(self.val_stream), self.lr, self.step,
                                  self.update_derivative)
         hypergrad = self.estimator.hypergradient(inputs)
@@ -74,13 +85,15 @@ class MetaTrainer:
         batch = next(self.train_stream)
         weights = self.problem.weights
         self.estimator.observe_inner_step(weights, batch, self.step + 1)
-        loss = self.problem.train_loss(weights, self.problem.buffers, self._frozen_hparams(), batch)
-        for p, g in zip(weights.values(), torch.autograd.grad(loss, list(weights.values()))):
+        progress = self.step / self.total_steps if self.total_steps else 0.0
+        loss = self.problem.real_step_loss(weights, self.problem.buffers, self._frozen_hparams(), batch, progress)
+        for p, g in zip(weights.values(), torch.autograd.grad(loss, list(weights.values()), allow_unused=True)):
             p.grad = g
         self.inner_opt.step()
         self.scheduler.step()
         self.step += 1
         self.last_loss = loss.detach()
+        self.last_batch = batch
         return self.last_loss
 
     def _frozen_hparams(self) -> dict[str, Tensor]:
@@ -94,7 +107,7 @@ class MetaTrainer:
         weights = leaf_copy(self.problem.weights)
         loss = self.problem.train_loss(weights, scratch_buffers(self.problem.buffers),
                                        self._frozen_hparams(), batch)
-        torch.autograd.grad(loss, list(weights.values()))
+        torch.autograd.grad(loss, list(weights.values()), allow_unused=True)
 
     def batch_samples(self) -> int | None:
         """Samples in one real training batch (for the memory frontier); None without data."""
@@ -104,6 +117,11 @@ class MetaTrainer:
     def iteration(self, hyper: bool | None = None) -> None:
         """One meta-iteration; `hyper` forces or skips the hyper-step (default: the schedule)."""
         due = self.step % self.hyper_every == 0 if hyper is None else hyper
+        if self.estimator.real_step_first:
+            self.inner_step()
+            if due:
+                self.hyper_step()
+            return
         if due:
             self.hyper_step()
         self.inner_step()
