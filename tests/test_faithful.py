@@ -51,6 +51,15 @@ def test_lft_has_the_official_feature_wise_transformations(backbone, blocks):
     assert relus and all(m.inplace for m in relus)  # backbone.py: nn.ReLU(inplace=True)
 
 
+@pytest.mark.parametrize("workload", ["toy1d", "mwn", "lft", "rotation", "metaxl"])
+def test_every_workloads_facts_are_schema_columns(workload):
+    """What `describe()` puts in a row must be a documented column (an unknown one is a
+    warning in every run)."""
+    from harness.core.schema import unknown_columns
+    params = METAXL_TINY if workload == "metaxl" else TINY_LFT if workload == "lft" else {}
+    assert unknown_columns(build(workload, **params).describe()) == []
+
+
 def test_ft_noise_scale_is_softplus_with_beta_100():
     ft = FeatureWiseTransform(3)
     raw = torch.tensor([0.3, 0.5, -0.1])

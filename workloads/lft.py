@@ -264,10 +264,6 @@ class LFTProblem(BilevelProblem):
         aux = aux_weight(progress) * F.cross_entropy(logits, y)
         return aux + self.train_loss(weights, buffers, hparams, batch)
 
-    def describe(self) -> dict[str, Any]:
-        """n_hparams is the FT parameter count (gamma and beta of every FT layer)."""
-        return {**super().describe(), "ft_layers": len(self._ft)}
-
     def _episodes(self, names: list[str], count: int, salt: int):
         """The same `count` episodes at every evaluation (seeded), cycling over `names`."""
         gen = torch.Generator().manual_seed(self.seed * 104_729 + salt)
