@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from workloads.data import load_digits_images
+from workloads.data import load_embedded_images
 from workloads.datasets import scan_image_folder
 
 
@@ -91,10 +91,11 @@ DIGIT_DOMAINS: dict[str, Callable[[Tensor, torch.Generator], Tensor]] = {
 }
 
 
-def digit_domains(names: list[str], size: int, seed: int) -> dict[str, Domain]:
-    """Each named domain is the full digits set under its transform, so a held-out domain
-    differs from the training domains in appearance, the shift few-shot methods must bridge."""
-    x, y = load_digits_images(size=size, channels=3)
+def digit_domains(names: list[str], size: int, seed: int, source: str = "digits") -> dict[str, Domain]:
+    """Each named domain is the full embedded set (`source`: digits or mnist5k) under its
+    transform, so a held-out domain differs from the training domains in appearance, the
+    shift few-shot methods must bridge."""
+    x, y = load_embedded_images(source, size=size, channels=3)
     gen = torch.Generator().manual_seed(seed)
     return {n: TensorDomain(n, DIGIT_DOMAINS[n](x, gen).contiguous(), y) for n in names}
 

