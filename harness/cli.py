@@ -41,6 +41,7 @@ def _run_into(args: argparse.Namespace, suite, folder, executor) -> None:
             raise ConfigError(f"{record}: missing, so the settings of the rows in {folder.path} are unknown "
                               "(a run of an older hgbench); continue it with that version or choose another --out")
         suite.check_resumes(recorded, str(record))
+        suite.check_rows(folder.rows, str(folder.path / "results.csv"))
     todo = folder.pending(suite.cells)
     folder.keep_suite(suite.record(), suite.spec)
     if not args.out:

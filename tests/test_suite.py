@@ -84,6 +84,18 @@ BAD = [
     ("workloads: [toy1d]\nestimators: [{name: unroll, params: {T: []}}]", "params.T", "empty list"),
     ("workloads: [toy1d\nestimators: [plain]", "not valid YAML", "line"),
     ("- just\n- a list", "suite", "expected a mapping"),
+    ("workloads: [{name: toy1d, estimators: [sama]}]\nestimators: [plain]", "workloads[0].estimators",
+     "'sama' is not among the suite's estimators"),
+    ("workloads: [{name: toy1d, estimators: plain}]\nestimators: [plain]", "workloads[0].estimators",
+     "non-empty list of estimator names"),
+    ("workloads: [{name: toy1d, seeds: [-1]}]\nestimators: [plain]", "workloads[0].seeds", "integers"),
+    ("workloads: [{name: toy1d, settings: {device: cuda}}]\nestimators: [plain]", "workloads[0].settings.device",
+     "not a setting a workload entry may set"),
+    ("workloads: [{name: toy1d, settings: {train_steps: -3}}]\nestimators: [plain]",
+     "workloads[0].settings.train_steps", ">= 0"),
+    ("workloads: [{name: toy1d, settings: 5}]\nestimators: [plain]", "workloads[0].settings", "mapping"),
+    ("workloads: [{name: toy1d, estimator: [plain]}]\nestimators: [plain]", "workloads[0].estimator", "unknown key"),
+    ("workloads: [toy1d, {name: toy1d, seeds: [0, 1]}]\nestimators: [plain]", "suite: cell", "listed twice"),
 ]
 
 
@@ -146,3 +158,54 @@ def test_list_prints_every_component_with_defaults(capsys):
     for name in [*ESTIMATORS.names(), *WORKLOADS.names(), *BACKBONES.names()]:
         assert name in out
     assert "K=2" in out and "tau=0.05" in out and "noise_rate=0.4" in out
+
+
+ENTRIES = {
+    "name": "t", "seeds": [0], "train_steps": 0,
+    "workloads": [{"name": "toy1d", "estimators": ["plain", "evograd"], "seeds": [0, 1, 2],
+                   "settings": {"train_steps": 50, "curve_points": 3, "hyper_every": 2}},
+                  {"name": "toy1d", "estimators": ["unroll"]},
+                  {"name": "mwn", "params": {"width": 4}}],
+    "estimators": [{"name": "plain"}, {"name": "unroll", "params": {"T": [1, 2]}}, {"name": "evograd"}],
+}
+
+
+def test_a_workload_entry_narrows_estimators_and_sets_its_own_seeds_and_settings():
+    cells = build_suite(ENTRIES).cells
+    first = [c for c in cells if c.workload == "toy1d" and c.estimator != "unroll"]
+    assert sorted((c.estimator, c.seed) for c in first) == sorted(
+        (e, s) for e in ("plain", "evograd") for s in (0, 1, 2))
+    assert {(c.train_steps, c.curve_points, c.hyper_every) for c in first} == {(50, 3, 2)}
+    second = [c for c in cells if c.workload == "toy1d" and c.estimator == "unroll"]
+    assert sorted(c.estimator_params["T"] for c in second) == [1, 2]  # every variant of a name
+    assert {(c.train_steps, c.seed) for c in second} == {(0, 0)}     # the suite's settings and seeds
+    mwn = [c for c in cells if c.workload == "mwn"]
+    assert len(mwn) == 4 and {c.train_steps for c in mwn} == {0}
+    assert cells[0].identity()["train_steps"] in (0, 50)  # the setting is the cell's, in its row
+
+
+def test_a_resume_refuses_a_cell_whose_entry_settings_changed(tmp_path, capsys):
+    text = ("name: r\ntimed_steps: 1\nwarmup_steps: 0\ncurve_points: 0\n"
+            "workloads: [{{name: toy1d, settings: {{train_steps: {n}}}}}]\nestimators: [plain]\n")
+    path = tmp_path / "s.yaml"
+    path.write_text(text.format(n=3))
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--quiet", "--in-process"]) == 0
+    capsys.readouterr()
+    path.write_text(text.format(n=9))
+    assert main(["run", str(path), "--out", str(out), "--resume", "--quiet", "--in-process"]) == 2
+    err = capsys.readouterr().err
+    assert "train_steps=9 in this suite" in err and "train_steps=3;" in err and err.count("\n") == 1
+    path.write_text(text.format(n=3))
+    assert main(["run", str(path), "--out", str(out), "--resume", "--quiet", "--in-process"]) == 0
+
+
+def test_the_default_suite_trains_plain_second_order_and_evograd_at_three_seeds():
+    suite = load_suite(find_suite("default"))
+    trained = [c for c in suite.cells if c.train_steps > 0]
+    for workload in ("mwn", "rotation"):
+        mine = [c for c in trained if c.workload == workload]
+        assert {c.estimator for c in mine} >= {"plain", "unroll", "evograd"}
+        assert len({c.seed for c in mine}) >= 3
+    assert not [c for c in trained if c.workload in ("lft", "metaxl")]  # cost and fidelity only
+    assert {c.workload_params["data"] for c in suite.cells if c.workload == "rotation"} == {"mnist5k"}

@@ -21,10 +21,10 @@ RECORD_FILE = "run.json"  # the spec as a run folder keeps it
 MAX_SEED = 2 ** 31
 
 
-def _seeds(raw: Any) -> tuple[int, ...]:
+def seeds_of(raw: Any, where: str = "seeds") -> tuple[int, ...]:
     seeds = raw if isinstance(raw, list) else [raw]
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < MAX_SEED for s in seeds):
-        raise ConfigError(f"seeds: expected integers in [0, 2**31), got {short_repr(raw)}")
+        raise ConfigError(f"{where}: expected integers in [0, 2**31), got {short_repr(raw)}")
     return tuple(seeds)
 
 
@@ -49,7 +49,7 @@ class RunSpec:
         """The spec of a suite mapping (its keys already checked by the plan)."""
         settings = resolve(list(SETTINGS.values()), {k: raw[k] for k in SETTINGS if k in raw}, "suite")
         return cls(settings=settings, fidelity=resolve_fidelity(raw.get("fidelity")),
-                   seeds=_seeds(raw.get("seeds", [0])),
+                   seeds=seeds_of(raw.get("seeds", [0])),
                    memory_frontier=tuple(parse_sizes(raw.get("memory_frontier"), "suite.memory_frontier")),
                    source=source, overrides=tuple(overrides))
 

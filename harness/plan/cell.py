@@ -47,8 +47,11 @@ Cell.__doc__ = __doc__.splitlines()[0]
 
 
 def make_cell(workload: str, backbone: str, workload_params: Mapping[str, Any], estimator: str,
-              estimator_params: Mapping[str, Any], seed: int, spec: RunSpec) -> "Cell":
-    """A cell of a run: its settings and fidelity are the run's `spec`'s."""
+              estimator_params: Mapping[str, Any], seed: int, spec: RunSpec,
+              settings: Mapping[str, Any] | None = None) -> "Cell":
+    """A cell of a run: its fidelity is the run's `spec`'s, its settings the spec's or, for a
+    workload entry with its own `settings:`, those (`settings`, every setting by name)."""
+    settings = spec.settings if settings is None else settings
     return Cell(workload=workload, backbone=backbone, workload_params=workload_params, estimator=estimator,
                 estimator_params=estimator_params, seed=seed, fidelity=dict(spec.fidelity),
-                **{col: spec.settings[name] for name, col in schema.SETTING_COLUMN.items()})
+                **{col: settings[name] for name, col in schema.SETTING_COLUMN.items()})

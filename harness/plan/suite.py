@@ -17,12 +17,17 @@ import yaml
 from estimators import ESTIMATORS
 from harness.core.errors import ConfigError
 from harness.core.params import check_names, resolve, short_repr
-from harness.core.schema import SETTINGS
-from harness.core.spec import RunSpec
+from harness.core.schema import FREE_ON_RESUME, SETTING_COLUMN, SETTINGS, row_key, setting_value
+from harness.core.spec import RunSpec, seeds_of
 from harness.plan.cell import Cell, make_cell
 from workloads import WORKLOADS
 
 TOP_KEYS = {*SETTINGS, "seeds", "workloads", "estimators", "fidelity", "memory_frontier"}
+# A workload entry may narrow the run to some of the suite's estimators, its own seeds, and
+# its own values of the settings below (e.g. long meta-training for the accuracy-bearing
+# cells, train_steps 0 for cost-only ones, a memory budget for one cell).
+WORKLOAD_KEYS = {"name", "backbone", "params", "estimators", "seeds", "settings"}
+ENTRY_SETTINGS = tuple(k for k in SETTINGS if k not in ("name", "device"))
 MAX_CELLS = 10_000  # a suite expanding to more is refused before any cell is built
 MAX_DEPTH = 32      # levels of nesting in a suite (a real one uses four)
 
@@ -54,6 +59,36 @@ class Suite:
         if difference:
             raise ConfigError(f"--resume: this suite's settings differ from the run's ({where}): {difference}; "
                               "resume with the same settings (file and --set), or choose another --out")
+
+
+    def check_rows(self, rows: list[Mapping[str, Any]], where: str) -> None:
+        """A resume must not give a cell other settings than its row was measured with (a
+        workload entry's own `settings:`, which run.json does not hold)."""
+        by_key = {row_key(r): r for r in rows}
+        for cell in self.cells:
+            row = by_key.get(cell.key())
+            if row is None:
+                continue
+            for name in ENTRY_SETTINGS:
+                col = SETTING_COLUMN[name]
+                if name in FREE_ON_RESUME or col not in row:
+                    continue
+                have, want = _comparable(row[col]), _comparable(setting_value(name, getattr(cell, col)))
+                if have != want:
+                    show = lambda v: int(v) if isinstance(v, float) and v.is_integer() else v
+                    raise ConfigError(f"--resume: cell {cell.label()} has {col}={show(want)} in this suite but its "
+                                      f"row in {where} was measured with {col}={show(have)}; resume with the same "
+                                      "suite, or choose another --out")
+
+
+def _comparable(value: Any) -> Any:
+    """A setting as a row read back from CSV holds it: empty is None, numbers as floats."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def _normalized(raw: Any) -> Any:
@@ -132,26 +167,56 @@ def _check_keys(entry: Mapping, allowed: set[str], where: str) -> None:
         raise ConfigError(f"{where}.{name}: unknown key (allowed: {', '.join(sorted(allowed))})")
 
 
-def _check_size(raw: dict, seeds: list[int]) -> None:
+def _entry_estimators(e: Mapping, names: list[str], where: str) -> set[str]:
+    """The estimator names a workload entry keeps (`estimators: [plain, evograd]`), each one
+    the suite lists; all of them when the entry names none."""
+    chosen = e.get("estimators")
+    if chosen is None:
+        return set(names)
+    if not isinstance(chosen, list) or not chosen or not all(isinstance(n, str) for n in chosen):
+        raise ConfigError(f"{where}.estimators: expected a non-empty list of estimator names from the "
+                          f"suite's estimators ({', '.join(dict.fromkeys(names))})")
+    for n in chosen:
+        if n not in names:
+            raise ConfigError(f"{where}.estimators: {n!r} is not among the suite's estimators "
+                              f"({', '.join(dict.fromkeys(names))}); list it under `estimators:` first")
+    return set(chosen)
+
+
+def _entry_settings(e: Mapping, spec: RunSpec, where: str) -> dict[str, Any]:
+    """The suite's settings with the entry's own `settings:` in their place, checked as the
+    suite's are."""
+    own = _mapping(e.get("settings"), f"{where}.settings")
+    for k in own:
+        if k not in ENTRY_SETTINGS:
+            raise ConfigError(f"{where}.settings.{str(k)[:40]}: not a setting a workload entry may set "
+                              f"(allowed: {', '.join(ENTRY_SETTINGS)})")
+    values = resolve([SETTINGS[k] for k in own], own, f"{where}.settings")
+    return {**spec.settings, **values}
+
+
+def _check_size(raw: dict, seeds: tuple[int, ...]) -> None:
     """Count the cells before building any: names checked, then the product's size."""
-    workloads = 0
-    for i, e in enumerate(_entries(raw, "workloads")):
-        where = f"workloads[{i}]"
-        _check_keys(e, {"name", "backbone", "params"}, where)
-        params = _mapping(e.get("params"), f"{where}.params")
-        check_names(WORKLOADS.get(e["name"], f"{where}.name").params, params, f"{where}.params")
-        backbones = e.get("backbone")
-        if isinstance(backbones, list) and not backbones:
-            raise ConfigError(f"{where}.backbone: an empty list gives no cells")
-        workloads += _count(params, f"{where}.params") * (len(backbones) if isinstance(backbones, list) else 1)
-    estimators = 0
+    estimators: dict[str, int] = {}
     for i, e in enumerate(_entries(raw, "estimators")):
         where = f"estimators[{i}]"
         _check_keys(e, {"name", "params"}, where)
         params = _mapping(e.get("params"), f"{where}.params")
         check_names(ESTIMATORS.get(e["name"], f"{where}.name").params, params, f"{where}.params")
-        estimators += _count(params, f"{where}.params")
-    total = len(seeds) * workloads * estimators
+        estimators[e["name"]] = estimators.get(e["name"], 0) + _count(params, f"{where}.params")
+    total = 0
+    for i, e in enumerate(_entries(raw, "workloads")):
+        where = f"workloads[{i}]"
+        _check_keys(e, WORKLOAD_KEYS, where)
+        params = _mapping(e.get("params"), f"{where}.params")
+        check_names(WORKLOADS.get(e["name"], f"{where}.name").params, params, f"{where}.params")
+        backbones = e.get("backbone")
+        if isinstance(backbones, list) and not backbones:
+            raise ConfigError(f"{where}.backbone: an empty list gives no cells")
+        kept = _entry_estimators(e, list(estimators), where)
+        entry_seeds = seeds_of(e["seeds"], f"{where}.seeds") if "seeds" in e else seeds
+        total += (_count(params, f"{where}.params") * (len(backbones) if isinstance(backbones, list) else 1)
+                  * len(entry_seeds) * sum(n for name, n in estimators.items() if name in kept))
     if total > MAX_CELLS:
         raise ConfigError(f"suite: expands to {total:,} cells, more than the limit of {MAX_CELLS:,}; "
                           "split it into several suites")
@@ -173,11 +238,24 @@ def build_suite(raw: Any, source: str = "<suite>", overrides: tuple[str, ...] = 
     spec = RunSpec.resolve(raw, source, overrides)
     _check_size(raw, spec.seeds)
 
-    workload_variants = []
+    estimator_variants = []
+    for i, e in enumerate(_entries(raw, "estimators")):
+        where = f"estimators[{i}]"
+        _check_keys(e, {"name", "params"}, where)
+        cls = ESTIMATORS.get(e["name"], f"{where}.name")
+        for p in _product(_mapping(e.get("params"), f"{where}.params"), f"{where}.params"):
+            estimator_variants.append((cls.name, resolve(cls.params, p, f"{where}.params")))
+    names = [name for name, _ in estimator_variants]
+
+    cells = []
     for i, e in enumerate(_entries(raw, "workloads")):
         where = f"workloads[{i}]"
-        _check_keys(e, {"name", "backbone", "params"}, where)
+        _check_keys(e, WORKLOAD_KEYS, where)
         workload = WORKLOADS.get(e["name"], f"{where}.name")
+        kept = _entry_estimators(e, names, where)
+        seeds = seeds_of(e["seeds"], f"{where}.seeds") if "seeds" in e else spec.seeds
+        settings = _entry_settings(e, spec, where)
+        workload_variants = []
         for p in _product(_mapping(e.get("params"), f"{where}.params"), f"{where}.params"):
             params = resolve(workload.params, p, f"{where}.params")
             workload.validate(params, f"{where}.params")
@@ -188,17 +266,10 @@ def build_suite(raw: Any, source: str = "<suite>", overrides: tuple[str, ...] = 
                                       f"(known: {', '.join(workload.backbones)})")
                 workload.validate_backbone(params, b, f"{where}.params")
                 workload_variants.append((workload.name, b, params))
-
-    estimator_variants = []
-    for i, e in enumerate(_entries(raw, "estimators")):
-        where = f"estimators[{i}]"
-        _check_keys(e, {"name", "params"}, where)
-        cls = ESTIMATORS.get(e["name"], f"{where}.name")
-        for p in _product(_mapping(e.get("params"), f"{where}.params"), f"{where}.params"):
-            estimator_variants.append((cls.name, resolve(cls.params, p, f"{where}.params")))
-
-    cells = tuple(make_cell(w, b, wp, est, ep, s, spec)
-                  for s in spec.seeds for (w, b, wp) in workload_variants for (est, ep) in estimator_variants)
+        cells += [make_cell(w, b, wp, est, ep, s, spec, settings)
+                  for s in seeds for (w, b, wp) in workload_variants for (est, ep) in estimator_variants
+                  if est in kept]
+    cells = tuple(sorted(cells, key=lambda c: spec.seeds.index(c.seed) if c.seed in spec.seeds else len(spec.seeds)))
     _check_unique(cells)
     return Suite(spec=spec, cells=cells, raw=raw)
 
