@@ -192,6 +192,11 @@ class CommonDraws:
             if self.after is None:
                 self.after = _rng_state()
 
+    def restart(self) -> None:
+        """Put the generators back where they were at construction (a measurement that must
+        leave the run's stream untouched)."""
+        _set_rng_state(self.start)
+
     def __enter__(self) -> "CommonDraws":
         return self
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from estimators import make_estimator
 from estimators.base import Estimator, HyperStepInputs
 from estimators.unroll import Unroll
 from harness.core.errors import ConfigError
@@ -32,7 +33,37 @@ def cells(text: str, estimators: str):
 
 def test_checkpoints_are_spread_over_training():
     assert checkpoint_steps(300, 3) == {50, 150, 250}
-    assert checkpoint_steps(0, 3) == set()
+    assert checkpoint_steps(0, 3) == {0}      # cost-only cells: the initial weights, once
+    assert checkpoint_steps(300, 0) == set()
+
+
+LFT = """\
+warmup_steps: 0
+timed_steps: 1
+curve_points: 0
+fidelity: {checkpoints: 1, reference_T: 2, draws: 2}
+workloads: [{name: lft, backbone: resnet10, params: {width: 4, n_shot: 1, n_query: 2, test_episodes: 2,
+             val_episodes: 1, aux_batch: 4}}]
+"""
+
+
+def test_lft_one_step_estimators_see_the_references_feature_wise_noise():
+    """LFT's feature-wise transformations draw noise at every training forward: the probe
+    must give the estimator and each reference the same draws (before, unroll T=1 read a
+    cosine of about 0.1 against the one-step lookahead it computes exactly)."""
+    row = run_cell(cells("train_steps: 2\n" + LFT, "[{name: unroll, params: {T: 1}}]")[0]).row()
+    assert row["status"] == "ok", row["error"]
+    assert row["fid_cos_1step"] == pytest.approx(1.0, abs=1e-5)
+    assert row["fid_relerr_1step"] < 1e-4 and row["fid_draws"] == 1
+
+
+def test_the_probe_leaves_the_runs_random_stream_where_it_was():
+    problem = build("lft", "resnet10", width=4, n_shot=1, n_query=2, test_episodes=2, val_episodes=1)
+    trainer = MetaTrainer(problem, make_estimator("unroll", {"T": 1, "backend": "func"}, 0), total_steps=10)
+    probe = FidelityProbe({"checkpoints": 1, "reference_T": 1, "draws": 2}, 0)
+    before = torch.get_rng_state()
+    probe(trainer)
+    assert probe.draws == 1 and torch.equal(torch.get_rng_state(), before)
 
 
 def test_one_step_estimators_have_cosine_one_against_the_one_step_reference():
@@ -214,3 +245,30 @@ def test_a_shared_trajectory_measures_every_estimator_at_the_same_weights_and_ba
     assert abs(own_unroll["fid_cos_small"] - own_neumann["fid_cos_1step"]) > 1e-4
     # the cell's own training (and so its accuracy) is the same whichever trajectory fidelity used
     assert unroll["test_accuracy"] == own_unroll["test_accuracy"]
+
+
+def test_trajectory_start_measures_every_cell_at_the_initial_weights_whatever_its_length():
+    """unroll T=1 and T1-T2 exact compute the same hypergradient: at the same point (the
+    initial weights, trajectory start) every figure agrees, though one cell trains 4 steps and
+    the other none."""
+    text = MWN.replace("draws: 2}", "draws: 2, trajectory: start}").replace("train_steps: 6\n", "")
+    long = run_cell(cells("train_steps: 4\n" + text, "[unroll]")[0]).row()
+    short = run_cell(cells("train_steps: 0\n" + text, "[t1t2]")[0]).row()
+    for col in ("fid_cos_long", "fid_relerr_long", "fid_cos_small", "fid_relerr_small"):
+        assert long[col] == pytest.approx(short[col], rel=1e-5, abs=1e-7), col
+    assert long["fid_trajectory"] == "start" and long["fid_cos_1step"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_zero_vector_has_no_cosine():
+    from harness.train.fidelity import compare, cosine
+
+    zero, v = torch.zeros(3, dtype=torch.float64), torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    assert math.isnan(cosine(zero, v)) and math.isnan(cosine(v, zero))
+    tiny = torch.tensor([3e-10], dtype=torch.float64)  # (EvoGrad's size on toy1d)
+    assert cosine(tiny, torch.tensor([0.2], dtype=torch.float64)) == pytest.approx(1.0, abs=1e-12)
+    assert cosine(1e-9 * v, v) == pytest.approx(1.0, abs=1e-12)
+    assert compare(zero, v)["relerr"] == pytest.approx(1.0) and math.isnan(compare(zero, v)["cos"])
+    probe = FidelityProbe({"checkpoints": 1, "reference_T": 1, "draws": 1}, 0)
+    probe.record(zero.unsqueeze(0), {"1step": v})
+    out = probe.columns()
+    assert out["fid_cos_1step"] is None and out["fid_relerr_1step"] == pytest.approx(1.0)

@@ -39,8 +39,10 @@ FIDELITY_SETTINGS: dict[str, Param] = {p.name: p for p in (
     at_least("draws", int, 3, "draws per checkpoint for stochastic estimators", 1),
     Param("trajectory", str, "own", "own: checkpoints on the cell's meta-training; shared: on a "
           "copy trained without hyper-steps (hyperparameters at their initial values), so every "
-          "estimator of a workload and seed is measured at the same weights and batches",
-          choices=("own", "shared")),
+          "estimator of a workload and seed is measured at the same weights and batches; start: one "
+          "checkpoint at the initial weights, the same point for every cell of a workload and seed "
+          "whatever its train_steps (checkpoints is then 1)",
+          choices=("own", "shared", "start")),
 )}
 SETTING_COLUMN = {name: "suite" if name == "name" else name for name in SETTINGS}
 # Settings a resume may change: they decide whether a cell finishes, not what it measures.

@@ -90,6 +90,7 @@ def run_cell(cell: Cell) -> CellResult:
     if fidelity is not None and cell.fidelity["trajectory"] == "shared":
         shared = build_trainer(cell, device, cell.train_steps, cell.hyper_every)
         shared.train(cell.train_steps, before_step=fidelity, hyper=False)
+        fidelity.finish(shared)
         out.update(fidelity.columns())
         del shared
         fidelity = None
@@ -98,6 +99,7 @@ def run_cell(cell: Cell) -> CellResult:
     probes = [p for p in (fidelity, curve) if p is not None]
     trainer.train(cell.train_steps, before_step=lambda t: [probe(t) for probe in probes])
     if fidelity is not None:
+        fidelity.finish(trainer)
         out.update(fidelity.columns())
     metrics = trainer.problem.evaluate()
     points = curve.finish(trainer, metrics)

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 
 from estimators.base import HyperStepInputs
+from estimators.functional import CommonDraws
 from estimators.neumann import Neumann
 from estimators.unroll import Unroll
 from harness.core.schema import FIDELITY_METRICS, FIDELITY_REFERENCES, FIDELITY_TARGET_COS
@@ -34,8 +35,11 @@ from harness.train.metaloop import MetaTrainer
 from workloads.base import TensorDict
 
 def checkpoint_steps(train_steps: int, checkpoints: int) -> set[int]:
-    """Inner-step indices at the middles of `checkpoints` equal spans of training."""
-    return {int((i + 0.5) * train_steps / checkpoints) for i in range(checkpoints)} if train_steps else set()
+    """Inner-step indices at the middles of `checkpoints` equal spans of training; without
+    meta-training (a cost-only cell, train_steps 0), the initial weights, once."""
+    if not checkpoints:
+        return set()
+    return {int((i + 0.5) * train_steps / checkpoints) for i in range(checkpoints)} if train_steps else {0}
 
 
 # Random orders of the draws averaged for the draws-to-target curve (the cosine of the mean
@@ -92,7 +96,15 @@ def flat(g: TensorDict) -> torch.Tensor:
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1))
+    """NaN when either vector is zero: it has no direction (HyperDistill's first step on a
+    workload whose gFO is 0, any lookahead at toy1d's x = 0), so no cosine, rather than 0.
+    Written out, not `F.cosine_similarity`, whose eps of 1e-8 on the product of the norms
+    shrinks the cosine of a small vector (EvoGrad's sigma^2-sized estimate on toy1d read 0.06
+    for a 1-D vector that has the reference's sign)."""
+    if not bool(a.any()) or not bool(b.any()):
+        return float("nan")
+    a, b = a.double(), b.double()
+    return float((a @ b) / (a.norm() * b.norm()))
 
 
 def compare(g: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
@@ -119,7 +131,7 @@ def prefix_mean_cosines(draws: torch.Tensor, ref: torch.Tensor, orders: int = OR
     for i in range(orders):
         order = torch.arange(len(draws)) if i == 0 else torch.randperm(len(draws), generator=gen)
         means = draws[order].cumsum(0) / n
-        curves.append(torch.nn.functional.cosine_similarity(means, ref.unsqueeze(0), dim=1))
+        curves.append((means @ ref) / (means.norm(dim=1) * ref.norm()).clamp_min(1e-300))  # (as `cosine`)
     return torch.stack(curves).mean(0)
 
 
@@ -133,37 +145,64 @@ class FidelityProbe:
 
     def __init__(self, spec: dict[str, Any], train_steps: int):
         self.spec = resolve_fidelity(spec)  # (defaults filled in)
-        self.steps = checkpoint_steps(train_steps, spec["checkpoints"])
+        self.steps = ({0} if self.spec["trajectory"] == "start" and self.spec["checkpoints"] else
+                      checkpoint_steps(train_steps, spec["checkpoints"]))
         self.samples: dict[str, list[float]] = {m: [] for m in FIDELITY_METRICS}
         self.curves: dict[str, list[torch.Tensor]] = {r: [] for r in FIDELITY_REFERENCES}
         self.draws = 0
+        self.measured: set[int] = set()
 
     def __call__(self, trainer: MetaTrainer) -> None:
-        if trainer.step in self.steps:
+        if trainer.step in self.steps and trainer.step not in self.measured:
             self.measure(trainer)
 
+    def finish(self, trainer: MetaTrainer) -> None:
+        """After training: a checkpoint at the last step (train_steps 0: step 0) is taken here."""
+        self(trainer)
+
     def measure(self, trainer: MetaTrainer) -> None:
+        """The estimator's draws and every reference at this checkpoint, under common random
+        numbers: the first draw and each reference start from the same state of torch's
+        generators, so the workload's own noise (LFT's feature-wise transformations, dropout)
+        is the same noise in each, and unroll T=1 against `1step` is one computation twice.
+        Later draws of a stochastic estimator go on from there (they must differ). The
+        generators are put back afterwards: the cell's run is as it would be unmeasured."""
+        self.measured.add(trainer.step)
         estimator = copy.deepcopy(trainer.estimator)
         ck = Checkpoint(trainer.problem, trainer.train_stream.peek(max(self.spec["reference_T"],
                                                                          estimator.n_train_batches)),
                         trainer.val_stream.peek(1)[0], trainer.lr, trainer.step, self.spec["reference_T"])
         n_draws = self.spec["draws"] if estimator.stochastic else 1
-        gs = [estimator.hypergradient(ck.inputs(estimator.n_train_batches)) for _ in range(n_draws)]
-        if gs[0] is None:  # `plain` has no hypergradient
-            return
-        self.record(torch.stack([flat(g) for g in gs]),
-                    {name: flat(g) for name, ref in REFERENCES.items() if (g := ref(ck)) is not None})
+        common = CommonDraws()
+        try:
+            with common.same():
+                gs = [estimator.hypergradient(ck.inputs(estimator.n_train_batches)) for _ in range(n_draws)]
+            if gs[0] is None:  # `plain` has no hypergradient
+                return
+            refs = {}
+            for name, reference in REFERENCES.items():
+                with common.same():
+                    g = reference(ck)
+                if g is not None:
+                    refs[name] = flat(g)
+        finally:
+            common.restart()
+        self.record(torch.stack([flat(g) for g in gs]), refs)
 
     def record(self, draws: torch.Tensor, refs: dict[str, torch.Tensor]) -> None:
-        """One checkpoint's draws (rows) against its references."""
+        """One checkpoint's draws (rows) against its references; an undefined cosine (a zero
+        vector) is left out, so a column is empty when no checkpoint defined it."""
         self.draws = len(draws)
         for name, ref in refs.items():
             for g in draws:
                 for measure, value in compare(g, ref).items():
-                    self.samples[f"fid_{measure}_{name}"].append(value)
+                    if value == value:  # (not NaN)
+                        self.samples[f"fid_{measure}_{name}"].append(value)
             if len(draws) > 1:
-                self.samples[f"fid_meancos_{name}"].append(cosine(draws.mean(0), ref))
-                self.curves[name].append(prefix_mean_cosines(draws, ref))
+                mean_cos = cosine(draws.mean(0), ref)
+                if mean_cos == mean_cos:
+                    self.samples[f"fid_meancos_{name}"].append(mean_cos)
+                    self.curves[name].append(prefix_mean_cosines(draws, ref))
         if len(draws) > 1:
             self.samples["fid_relvar"].append(relative_variance(draws))
 
