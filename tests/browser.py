@@ -116,11 +116,15 @@ class Chromium:
                     return event
             self.events.append(self._message(deadline))
 
-    def open(self, url: str) -> "Page":
+    def open(self, url: str, width: int | None = None) -> "Page":
+        """`width`: the viewport's CSS width in pixels (a desktop window of that size)."""
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
         session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         for domain in ("Runtime", "Log", "Page"):
             self.call(f"{domain}.enable", session)
+        if width:
+            self.call("Emulation.setDeviceMetricsOverride", session, width=width, height=900,
+                      deviceScaleFactor=1, mobile=False)
         self.call("Page.navigate", session, url=url)
         self.wait_for("Page.loadEventFired")
         return Page(self, session)

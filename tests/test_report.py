@@ -104,7 +104,17 @@ def test_report_is_self_contained(run_dir):
                                                     ".ci/run installs it)")
 def test_report_renders_in_headless_chromium_without_errors(run_dir):
     with Chromium(find_chromium()) as browser:
-        page = browser.open((run_dir / "report.html").resolve().as_uri())
+        page = browser.open((run_dir / "report.html").resolve().as_uri(), width=1400)
+        # no table wider than the page at 1400 px, with every folded section opened too
+        too_wide = """(() => { const w = document.documentElement.clientWidth;
+            return [...document.querySelectorAll('table')].filter(t => t.getBoundingClientRect().width > 0)
+              .map(t => ({right: t.getBoundingClientRect().right, w: w, head: t.rows[0].innerText.slice(0, 80)}))
+              .filter(t => t.right > t.w + 0.5); })()"""
+        closed_wide = page.evaluate(too_wide)
+        page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+        open_wide = page.evaluate(too_wide)
+        scroll = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth, "
+                               "window.innerWidth]")
         figures = page.evaluate("""[...document.querySelectorAll('figure')].map(f => {
             const svg = f.querySelector('svg'); if (!svg) return {id: f.id, drawn: 0, w: 0, h: 0};
             const box = svg.getBoundingClientRect();
@@ -114,6 +124,8 @@ def test_report_renders_in_headless_chromium_without_errors(run_dir):
         title = page.evaluate("document.title")
         problems = page.problems()
     assert problems == []
+    assert closed_wide == [] and open_wide == [], (closed_wide, open_wide)
+    assert scroll[0] <= scroll[1] and scroll[2] == 1400  # (clientWidth: less the scrollbar)
     assert EVIL in title  # the suite name arrives as text, not as markup
     assert len(figures) == 6
     for fig in figures:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 
 from harness.core.schema import KEY
-from harness.report import figures, sensitivity
+from harness.report import claims, figures, sensitivity
 from harness.report.frontier import frontier
 from harness.report.html import page
 from harness.report.source import Source
@@ -80,7 +80,7 @@ def _draw_figures(data: dict[str, pd.DataFrame], out_dir: Path) -> list[tuple[st
 
 def write_report(source: Source, out_dir: Path, reference: Reference | None = None,
                  budgets: list[int] | None = None) -> Path:
-    """report.html, summary.csv (and frontier.csv with budgets) and figures/NAME.{png,pdf}
+    """report.html, summary.csv, claims.csv (and frontier.csv with budgets) and figures/NAME.{png,pdf}
     in `out_dir`. `budgets` replaces the suite's memory_frontier sizes."""
     reference = reference or Reference.parse(DEFAULT_REFERENCE)
     budgets = budgets or source.budgets
@@ -88,12 +88,14 @@ def write_report(source: Source, out_dir: Path, reference: Reference | None = No
     prepared = prepare(source.rows)
     table = summary(prepared, reference)
     atomic_write(out_dir / "summary.csv", lambda p: table.to_csv(p, index=False))
+    checked = claims.evaluate(prepared)
+    atomic_write(out_dir / "claims.csv", lambda p: checked.to_csv(p, index=False))
     front = frontier(prepared, budgets)
     if not front.empty:
         atomic_write(out_dir / "frontier.csv", lambda p: front.to_csv(p, index=False))
     data = {"ok": prepared[prepared["status"] == "ok"], "summary": table,
             "curves": _label_curves(source.curves, prepared), "frontier": front}
-    text = page(source, prepared, table, front, reference, _draw_figures(data, out_dir))
+    text = page(source, prepared, table, front, reference, _draw_figures(data, out_dir), checked)
     path = out_dir / "report.html"
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
     return path

@@ -11,7 +11,7 @@ import pandas as pd
 
 from harness.core.schema import ACCURACY_MEANS, FIDELITY_REFERENCES, FIDELITY_TARGET_COS, PROVENANCE
 from harness.core.units import format_size
-from harness.report import figures
+from harness.report import verdict
 from harness.report.tables import Reference
 
 
@@ -66,7 +66,13 @@ def _cost_tables(table: pd.DataFrame, reference: Reference) -> str:
                                      "mem_x_ref", "flops_x_ref", "peak_mb")),
                          _num(r["iter_mem_x_plain"]), show("gflops"), _num(r["flop_efficiency"]), _accuracy(r)])
         if dashed:
-            note += "; &mdash;: takes no hyper-step (its hypergradient does no work: 0 FLOPs)"
+            note += "; &mdash;: takes no hyper-step (its hypergradient does no work: no FLOPs, no graph)"
+        steps = g[(g["status"] == "ok") & ~g.apply(_no_hyper_step, axis=1)]
+        if not steps.empty and (steps["gflops"] == 0).all():
+            note += ("; every hyper-step here is scalar arithmetic, which the FLOP counter (tensor operations "
+                     "such as matrix products and convolutions) does not count, and whose memory is below "
+                     "the allocator's resolution: time is Python overhead, and what this workload measures "
+                     "is fidelity against its closed form (the fidelity section)")
         classes = ["ok" if r["status"] == "ok" else "failed" for _, r in g.iterrows()]
         if g["timing_shared"].any():
             note += ("; &dagger;: timings taken while other cells shared the machine (--jobs or Ray): "
@@ -77,8 +83,10 @@ def _cost_tables(table: pd.DataFrame, reference: Reference) -> str:
 
 
 def _no_hyper_step(r: pd.Series) -> bool:
-    """`plain` and its like: a hyper-step that computes nothing (its timed call is overhead)."""
-    return r["status"] == "ok" and r["gflops"] == 0
+    """`plain` and its like: a hyper-step that computes nothing (no FLOPs and no graph; its
+    timed call is overhead). toy1d's estimators do count: scalar arithmetic has no FLOPs the
+    counter sees, but they build a graph."""
+    return r["status"] == "ok" and r["gflops"] == 0 and not (r["graph_mb"] > 0)
 
 
 def _fidelity_tables(table: pd.DataFrame) -> str:
@@ -112,14 +120,18 @@ def _fidelity_tables(table: pd.DataFrame) -> str:
         words = "; ".join(f"<b>{r}</b>: {_e(FIDELITY_REFERENCES[r])}" for r in refs).replace(
             "fid_reference_T", "/".join(map(str, long_T)) or "reference_T")
         where = {"own": "each cell's own meta-training", "shared": "plain training with the hyperparameters "
-                 "held, the same weights and batches for every estimator (fidelity.trajectory: shared)"}
+                 "held, the same weights and batches for every estimator (fidelity.trajectory: shared)",
+                 "start": "the initial weights, the same weights and batches for every cell of a workload and "
+                 "seed (fidelity.trajectory: start)"}
         places = "; ".join(where.get(t, t) for t in dict.fromkeys(g["fid_trajectory"]) if isinstance(t, str) and t)
-        parts.append(f"<h3>{_e(workload)} / {_e(backbone)}</h3><p class='note'>Checkpoints on {_e(places)}. "
-                     f"References: {words}.</p>"
-                     + _table(headers, rows))
+        parts.append(f"<h3>{_e(workload)} / {_e(backbone)}</h3>" + _fidelity_matrix(g, refs, long_T)
+                     + f"<details><summary>every fidelity figure</summary><p class='note'>Checkpoints on "
+                     f"{_e(places)}. References: {words}.</p>" + _table(headers, rows) + "</details>")
     if not parts:
         return ""
-    return ("<h2>Hypergradient fidelity</h2><p class='note'>Every figure names its reference, each computed "
+    return ("<h2>Hypergradient fidelity</h2><p class='note'>Per workload, one cosine per estimator and "
+            "reference (for stochastic estimators the cosine of the mean of their draws), green near 1, red "
+            "below 0; every figure below it, folded. Every figure names its reference, each computed "
             "at the same checkpoints on the same weights and batches as the estimator. Means over checkpoints "
             "and seeds. <i>cos</i>: cosine; <i>relerr</i>: |g - ref| / |ref|; <i>sign</i>: the fraction of "
             "hyperparameters whose sign agrees. For estimators drawn several times per checkpoint (stochastic "
@@ -130,6 +142,32 @@ def _fidelity_tables(table: pd.DataFrame) -> str:
             "matches best (&gt; N: not within the N drawn).</p>" + "".join(parts))
 
 
+def _shade(cos: float) -> str:
+    """A cell colour for a cosine: green near 1, white at 0, red at -1."""
+    if pd.isna(cos):
+        return ""
+    c = max(-1.0, min(1.0, float(cos)))
+    rgb = (255 - int(120 * c), 255, 255 - int(120 * c)) if c >= 0 else (255, 255 + int(120 * c), 255 + int(120 * c))
+    return f" style='background:rgb{rgb}'"
+
+
+def _fidelity_matrix(g: pd.DataFrame, refs: list[str], long_T: list[int]) -> str:
+    """Estimator x reference: one cosine each (the mean of draws for a stochastic estimator,
+    its direction; else its one draw), coloured."""
+    names = {"long": f"unroll T={'/'.join(map(str, long_T))}" if long_T else "long unroll", "1step": "unroll T=1",
+             "small": "small (first order in lr)", "exact": "closed form"}
+    head = "".join(f"<th>{_e(names.get(r, r))}</th>" for r in refs)
+    body = []
+    for _, r in g.iterrows():
+        cells = []
+        for ref in refs:
+            cos = r[f"fid_meancos_{ref}"] if pd.notna(r[f"fid_meancos_{ref}"]) else r[f"fid_cos_{ref}"]
+            cells.append(f"<td{_shade(cos)}>{_num(cos, 2)}</td>")
+        body.append(f"<tr><td>{_e(r['variant'])}</td>{''.join(cells)}</tr>")
+    return (f"<table class='matrix'><thead><tr><th>cosine with</th>{head}</tr></thead><tbody>{''.join(body)}"
+            "</tbody></table>")
+
+
 def _draws_to_target(r: pd.Series) -> str:
     if not r["fid_best_ref"]:
         return ""
@@ -138,32 +176,136 @@ def _draws_to_target(r: pd.Series) -> str:
     return f"{count} (vs {_e(r['fid_best_ref'])})"
 
 
-def _at_a_glance(table: pd.DataFrame) -> str:
-    """Per workload and backbone: the most accurate estimator and the accuracy-time front."""
+GLANCE_REFERENCES = ("exact", "long", "1step")  # the reference "at a glance" names, first measured wins
+
+
+def _points(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def _accuracy_verdict(rows: pd.DataFrame, means: str | None) -> list[str]:
+    """Accuracy with its uncertainty: each variant's mean +- 95% t interval over seeds, then
+    the paired differences (shared seeds) that exclude zero; never a single-seed ranking."""
+    table = verdict.by_seed(rows)
+    if table.empty:
+        return []
+    unit = "F1" if means else "accuracy"
+    scale = (lambda v: f"{v:.4f}") if means else (lambda v: f"{100 * v:.1f}%")
+    parts = []
+    for variant in table.columns:
+        mean, half = verdict.mean_interval(table[variant])
+        n = int(table[variant].notna().sum())
+        parts.append(f"{_e(variant)} {scale(mean)}" + (f" &plusmn; {scale(half).rstrip('%')}" if n >= verdict.MIN_SEEDS
+                                                        else ""))
+    n_seeds = int(table.notna().sum(axis=1).gt(0).sum())
+    lines = [f"{unit} (mean &plusmn; 95% t interval over {n_seeds} seed{'s' if n_seeds != 1 else ''}): "
+             + ", ".join(parts)]
+    pairs = verdict.all_pairs(table)
+    shown = (lambda d: f"{d.mean:+.4f} &plusmn; {d.half:.4f}") if means else (
+        lambda d: f"{_points(d.mean)} &plusmn; {100 * d.half:.1f} points")
+    most = max((d.n for d in pairs), default=0)
+    resolved = [d for d in pairs if d.resolved]
+    if "plain" in table.columns:
+        beat = [d for d in resolved if d.b == "plain"]
+        worse = [d for d in resolved if d.a == "plain"]
+        text = "; ".join([*(f"{_e(d.a)} beats plain by {shown(d)}" for d in beat),
+                          *(f"plain beats {_e(d.b)} by {shown(d)}" for d in worse)])
+        lines.append("against plain (paired over shared seeds, 95% t interval of the difference): "
+                     + (text or f"no difference resolved at {most} seed{'s' if most != 1 else ''}"))
+    between = [d for d in resolved if "plain" not in (d.a, d.b)]
+    learners = [c for c in table.columns if c != "plain"]
+    if len(learners) > 1:
+        lines.append("between estimators: " + ("; ".join(f"{_e(d.a)} beats {_e(d.b)} by {shown(d)}" for d in between)
+                                               or f"no difference resolved at {most} seed{'s' if most != 1 else ''}"))
+    return lines
+
+
+def _cost_line(g: pd.DataFrame) -> str:
+    """Each estimator's time and memory over the reference's (or plain's when there is none)."""
+    learners = g[(g["status"] == "ok") & ~g.apply(_no_hyper_step, axis=1)]
+    if learners.empty:
+        return ""
+    ref = next((v for v in g["reference"] if v), "")
+    cols, base = (("time_x_ref", "mem_x_ref"), ref) if ref else (("time_x_plain", "mem_x_plain"), "a plain step")
+    ratio = lambda v: "?" if pd.isna(v) else f"{v:.2f}"
+    items = [f"{_e(r['variant'])} {ratio(r[cols[0]])}x / {ratio(r[cols[1]])}x"
+             for _, r in learners.iterrows() if not (ref and r["variant"] == ref)]
+    return f"cost (time / peak memory) over {_e(base)}: " + ", ".join(items) if items else ""
+
+
+def fidelity_number(r: pd.Series) -> tuple[str, float] | None:
+    """(reference, cosine): the first of GLANCE_REFERENCES measured for this row; the mean of
+    draws for a stochastic estimator (its direction), else its one draw."""
+    for ref in GLANCE_REFERENCES:
+        for col in (f"fid_meancos_{ref}", f"fid_cos_{ref}"):
+            if col in r and pd.notna(r[col]):
+                return ref, float(r[col])
+    return None
+
+
+def _fidelity_line(g: pd.DataFrame) -> str:
+    numbers = [(r["variant"], fidelity_number(r), r["fid_reference_T"]) for _, r in g.iterrows()]
+    undefined = [r["variant"] for _, r in g.iterrows() if fidelity_number(r) is None
+                 and any(pd.notna(r.get(f"fid_relerr_{ref}")) for ref in GLANCE_REFERENCES)]
+    numbers = [(v, f, t) for v, f, t in numbers if f is not None]
+    if not numbers and not undefined:
+        return ""
+    by_ref: dict[str, list[str]] = {}
+    for v, (ref, cos), T in numbers:
+        name = f"unroll T={int(T)}" if ref == "long" and pd.notna(T) else FIDELITY_NAMES[ref]
+        by_ref.setdefault(name, []).append(f"{_e(v)} {cos:.2f}")
+    text = "; ".join(f"against {_e(name)}: {', '.join(items)}" for name, items in by_ref.items())
+    if undefined:
+        text += ("; " if text else "") + ", ".join(map(_e, undefined)) + ": no cosine (a zero hypergradient here)"
+    return "fidelity (cosine; mean of draws where drawn): " + text
+
+
+FIDELITY_NAMES = {"exact": "the closed form", "1step": "unroll T=1", "long": "the long unroll", "small": "small"}
+
+
+def _at_a_glance(table: pd.DataFrame, prepared: pd.DataFrame) -> str:
+    """Per workload and backbone: what the accuracy resolves (with its interval, never a
+    single-seed ranking), each estimator's cost over the reference, its fidelity in one
+    number with the reference named."""
     items = []
     for (workload, backbone), g in table.groupby(["workload_label", "backbone"], sort=False):
-        ok = g[(g["status"] == "ok") & g["acc_mean"].notna() & g["hyper_ms"].notna()]
-        learners = g[(g["status"] == "ok") & (g["flops_x_plain"] > 0)]  # not `plain`
-        if ok.empty and not learners.empty:  # cost only: the cheapest hypergradients
-            parts = []
-            for what, col, unit in (("fastest", "hyper_ms", "ms"), ("smallest", "peak_mb", "MB")):
-                known = learners[learners[col].notna()]
-                if known.empty:  # (a figure the platform could not measure)
-                    continue
-                best = known.loc[known[col].idxmin()]
-                ratio = "time_x_plain" if col == "hyper_ms" else "mem_x_plain"
-                parts.append(f"{what} {_e(best['variant'])} ({_num(best[ratio])}x plain, {_num(best[col])} {unit})")
-            if parts:
-                items.append(f"<li><b>{_e(workload)} / {_e(backbone)}</b> (cost only): {'; '.join(parts)}</li>")
-        if ok.empty:
-            continue
-        best = ok.loc[ok["acc_mean"].idxmax()]
-        front = figures.pareto_front(ok["hyper_ms"], ok["acc_mean"])
-        path = " &rarr; ".join(f"{_e(ok.loc[i, 'variant'])} ({100 * ok.loc[i, 'acc_mean']:.1f}%, "
-                               f"{_num(ok.loc[i, 'time_x_plain'])}x plain)" for i in front)
-        items.append(f"<li><b>{_e(workload)} / {_e(backbone)}</b>: most accurate "
-                     f"{_e(best['variant'])} ({100 * best['acc_mean']:.2f}%); accuracy-time front: {path}</li>")
-    return f"<ul>{''.join(items)}</ul>" if items else ""
+        rows = prepared[(prepared["workload_label"] == workload) & (prepared["backbone"] == backbone)]
+        lines = _accuracy_verdict(rows, ACCURACY_MEANS.get(g["workload"].iloc[0]))
+        if not lines:
+            trained = pd.to_numeric(rows["train_steps"], errors="coerce").fillna(0).gt(0) & ~rows["synthetic"]
+            lines = ["cost and fidelity only: " + ("synthetic data" if rows["synthetic"].any() else
+                                                   "these cells do not meta-train (train_steps 0)")
+                     + ", so no accuracy is ranked (the suite file at the end of this page says why)"
+                     if not trained.any() else "no finished cell with an accuracy"]
+        lines += [x for x in (_cost_line(g), _fidelity_line(g)) if x]
+        items.append(f"<li><b>{_e(workload)} / {_e(backbone)}</b><br>" + "<br>".join(lines) + "</li>")
+    return f"<ul class='glance'>{''.join(items)}</ul>" if items else ""
+
+
+VERDICT_CLASS = {"reproduced": "ok", "not reproduced": "failed", "not measured": "unmeasured"}
+
+
+def _claims_section(claims: pd.DataFrame) -> str:
+    """Every registered claim: reproduced, not reproduced or not measured by this run."""
+    if claims.empty:
+        return ""
+    rows = []
+    for _, c in claims.iterrows():
+        measured = "" if pd.isna(c["measured"]) else _num(c["measured"])
+        if measured and pd.notna(c["interval_low"]) and c["interval_high"] != c["interval_low"]:
+            measured += f" [{_num(c['interval_low'])}, {_num(c['interval_high'])}]"
+        cells = (f"<details><summary>{int(c['n'])} cell{'s' if c['n'] != 1 else ''}</summary>"
+                 f"{'<br>'.join(_e(x) for x in str(c['cells']).split('; '))}</details>" if c["cells"] else "")
+        rows.append([f"<b>{_e(c['verdict'])}</b>", _e(c["statement"]), _e(c["source"]), _e(c["quantity"]),
+                     _e(c["published"]), _e(c["comparison"]), measured, cells + _e(c["note"])])
+    counts = claims["verdict"].value_counts()
+    line = ", ".join(f"{counts.get(v, 0)} {v}" for v in ("reproduced", "not reproduced", "not measured"))
+    return ("<h2>Claims</h2><p class='note'>Published claims checked against this run's rows (claims.csv): "
+            f"{line}. <i>measured</i>: the value, then [the interval: 95% t over seeds for accuracies and "
+            "gains, the range over cells for cost ratios]. A claim whose rows this run lacks is <i>not "
+            "measured</i>; this run's sizes are a CPU's, so a cost ratio is this size's, not the paper's.</p>"
+            + _table(["verdict", "claim", "source", "quantity", "published", "reproduced when", "measured",
+                      "cells"], rows, [VERDICT_CLASS[v] for v in claims["verdict"]]))
 
 
 def _failures(prepared: pd.DataFrame) -> str:
@@ -192,7 +334,8 @@ def _environment(prepared: pd.DataFrame, extra: dict[str, Any]) -> str:
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1300px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 7px;
 text-align:right;font-size:13px}td:first-child,th:first-child{text-align:left}
-tr.failed{background:#fde8e8}p.note{color:#555;font-size:13px;margin:.2em 0}
+tr.failed{background:#fde8e8}tr.unmeasured{color:#777}table.matrix td{min-width:5em}
+ul.glance li{margin:.4em 0}details summary{cursor:pointer;color:#555;font-size:13px}p.note{color:#555;font-size:13px;margin:.2em 0}
 figure{margin:1em 0}figure svg{max-width:100%;height:auto}figcaption{color:#555;font-size:13px}
 pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}"""
 
@@ -227,8 +370,9 @@ def _memory_methods(prepared: pd.DataFrame) -> str:
 
 
 def page(source, prepared: pd.DataFrame, table: pd.DataFrame, front: pd.DataFrame, reference: Reference,
-         drawn: list[tuple[str, str, str, str]]) -> str:
+         drawn: list[tuple[str, str, str, str]], claims: pd.DataFrame | None = None) -> str:
     """The whole page. `drawn`: (file name, heading, SVG, caption) of each figure."""
+    claims_html = _claims_section(claims) if claims is not None else ""
     sections = [f"<h3>{_e(heading)}</h3><figure id='fig-{name}'>{svg}"
                 f"<figcaption>{_e(doc)} Files: figures/{name}.png, figures/{name}.pdf.</figcaption></figure>"
                 for name, heading, svg, doc in drawn]
@@ -242,7 +386,8 @@ def page(source, prepared: pd.DataFrame, table: pd.DataFrame, front: pd.DataFram
 <h1>{_e(source.title)}</h1>
 <p>{len(prepared)} cells: {status_line}. Generated {generated}. Tables: summary.csv; every
 measured column: results.csv.</p>
-<h2>At a glance</h2>{_at_a_glance(table)}
+<h2>At a glance</h2>{_at_a_glance(table, prepared)}
+{claims_html}
 <h2>Cost and accuracy per backbone</h2>
 <p class="note">hyper-step ms: median time of one hypergradient computation and hyper-update.
 <i>x plain</i>: the hyper-step's time, peak memory and FLOPs over a plain forward and

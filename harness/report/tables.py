@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from harness.core.errors import ConfigError
+from harness.report.verdict import t95
 from harness.core.schema import (FIDELITY_METRICS, SUMMARY_COLUMNS, estimator_params, peak_column,
                                  workload_params)
 
@@ -117,11 +118,6 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _t95(n: int) -> float:
-    from scipy.stats import t
-    return float(t.ppf(0.975, n - 1))
-
-
 def _status(statuses: pd.Series) -> str:
     counts = statuses.value_counts()
     if len(counts) == 1:
@@ -156,7 +152,7 @@ def summary(prepared: pd.DataFrame, reference: Reference) -> pd.DataFrame:
                "params": ", ".join(f"{k}={v}" for k, v in estimator_params(g["params"].iloc[0]).items()),
                "cells": len(g), "status": _status(g["status"]),
                "acc_mean": acc.mean() if n else math.nan,
-               "acc_ci95": _t95(n) * acc.std() / math.sqrt(n) if n > 1 else math.nan, "n_seeds": n,
+               "acc_ci95": t95(n) * acc.std() / math.sqrt(n) if n > 1 else math.nan, "n_seeds": n,
                "timing_shared": int(ok["timing_shared"].sum())}
         for col in ("hyper_ms", "hyper_iqr_ms", "step_ms", "peak_mb", "graph_mb", "gflops",
                     "time_x_plain", "mem_x_plain", "iter_mem_x_plain", "flops_x_plain", "flop_efficiency",
