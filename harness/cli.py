@@ -265,6 +265,73 @@ def cmd_overhead(args: argparse.Namespace) -> int:
     return 0
 
 
+# `hgbench gpu-check` without CUDA: the gpu-check suite at a size the CPU runs in a minute,
+# so CI proves the suite and the command still work (no GPU figure comes of it).
+GPU_CHECK_ON_CPU = (
+    "device=cpu", "warmup_steps=0", "timed_steps=1", "timeout_s=300", "workloads.1.backbone=[resnet10]",
+    *(f"workloads.{i}.params.{k}" for i in (0, 2) for k in ("width=4", "batch_size=16")),
+    *(f"workloads.1.params.{k}" for k in ("stem=cifar", "image_size=32", "width=4", "n_shot=1", "n_query=2",
+                                          "aux_batch=4")),
+    "workloads.2.settings.memory_budget_bytes=1000000",
+)
+
+
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    """On CUDA: the CUDA-only tests, then the gpu-check suite on the GPU, one run folder with
+    its report. Without CUDA: the same suite on the CPU at reduced size, said in one line."""
+    import subprocess
+
+    import torch
+
+    overrides: list[str] = []
+    tests_rc = 0
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        print(f"hgbench gpu-check: CUDA device {name}: the CUDA-only tests, then the gpu-check suite on it",
+              file=sys.stderr)
+        tests = Path(__file__).resolve().parent.parent / "tests"
+        if tests.is_dir():
+            tests_rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", str(tests)],
+                                      cwd=tests.parent).returncode
+        else:
+            print("hgbench gpu-check: no tests/ folder beside this hgbench (an installed copy): CUDA tests skipped",
+                  file=sys.stderr)
+    else:
+        print("hgbench gpu-check: no CUDA device here: running the gpu-check suite on the CPU at reduced size "
+              "(width 4, 32 px, LFT at ResNet10 only) to prove the suite and the command; no GPU figure is measured", file=sys.stderr)
+        overrides = list(GPU_CHECK_ON_CPU)
+    from harness.store.runfolder import default_out
+
+    out = Path(args.out) if args.out else default_out()
+    argv = ["run", "gpu-check", "--out", str(out), *(x for o in overrides for x in ("--set", o))]
+    argv += ["--quiet"] if args.quiet else []
+    argv += ["--in-process"] if args.in_process else []
+    if main(argv) == 2:
+        return 2
+    return _gpu_check_verdict(out, tests_rc)
+
+
+def _gpu_check_verdict(out: Path, tests_rc: int) -> int:
+    """0 when the CUDA tests passed (or none ran), every cell is ok and every cell under a
+    memory budget is `oom` (the budget enforced); else 1, each failure named in one line."""
+    import pandas as pd
+
+    rows = pd.read_csv(out / "results.csv")
+    budget = pd.to_numeric(rows["memory_budget_bytes"], errors="coerce").fillna(0) > 0
+    bad = [f"{r.workload}/{r.backbone}/{r.estimator}: {r.status} ({r.error})"
+           for r in rows[~budget & (rows["status"] != "ok")].itertuples()]
+    bad += [f"{r.workload}/{r.backbone}/{r.estimator} under memory_budget_bytes={int(r.memory_budget_bytes)}: "
+            f"{r.status}, not oom (the budget was not enforced)" for r in rows[budget & (rows["status"] != "oom")].itertuples()]
+    if tests_rc not in (0, 5):  # (5: pytest collected no CUDA test)
+        bad.append(f"the CUDA-only tests failed (pytest exit {tests_rc})")
+    for line in bad:
+        print(f"hgbench gpu-check: {line}", file=sys.stderr)
+    summary = (f"FAILED ({len(bad)} problem(s))" if bad else
+               f"ok: {len(rows)} cells, {int(budget.sum())} under a memory budget and oom as expected")
+    print(f"hgbench gpu-check: {summary}; run folder and report: {out}", file=sys.stderr)
+    return 1 if bad else 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="hgbench", description="Benchmark hypergradient estimators.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -327,6 +394,12 @@ def parser() -> argparse.ArgumentParser:
     par.add_argument("--params", default="{width: 16, batch_size: 32}", help="workload parameters (YAML mapping)")
     par.add_argument("--rounds", type=int, default=15, help="paired rounds (default 15)")
     par.set_defaults(func=cmd_paired)
+    gpu = sub.add_parser("gpu-check", help="on CUDA: the CUDA-only tests and the gpu-check suite on the GPU; "
+                                           "without CUDA: the same suite on the CPU at reduced size")
+    gpu.add_argument("--out", help="output folder (default: reports/<timestamp>)")
+    gpu.add_argument("--quiet", action="store_true", help="no progress bar")
+    gpu.add_argument("--in-process", action="store_true", help="debugging: run cells in this process")
+    gpu.set_defaults(func=cmd_gpu_check)
     ovh = sub.add_parser("overhead", help="benchmark the harness's own timing overhead on a hyper-step (MW-Net)")
     ovh.add_argument("--backbone", default="resnet18", help="MW-Net backbone (default resnet18)")
     ovh.add_argument("--width", type=int, default=16, help="first-stage channels (default 16)")

@@ -152,3 +152,9 @@ def test_mwn_and_lft_take_mnist5k():
     lft.validate(params, "lft")
     problem = lft.build(params, "resnet10", 0, torch.device("cpu"))
     assert len(problem.domains["original"].labels) == 5000
+
+
+def test_an_mwn_pool_too_small_for_its_splits_is_one_line():
+    p = resolve(WORKLOADS.get("mwn").params, {"data": "synthetic", "synthetic_size": 64}, "mwn")
+    with pytest.raises(ConfigError, match="64 images leave the test and training split empty.*synthetic_size"):
+        make_splits(p, seed=0)

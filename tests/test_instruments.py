@@ -170,6 +170,7 @@ def test_nvml_probe_reports_no_number_without_a_driver():
     assert probe.peak_bytes is None and probe.note.startswith("NVML unavailable")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_cuda_peak_sees_a_known_allocation():
     dev = torch.device("cuda")
@@ -181,3 +182,19 @@ def test_cuda_peak_sees_a_known_allocation():
         y = torch.ones(25_000_000, device=dev)
         del y
     assert nv.peak_bytes is not None and nv.peak_bytes >= 100e6
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_each_measured_pass_starts_its_cuda_peak_afresh():
+    """The official EvoGrad code logs max_memory_allocated without resetting it, so its
+    figures are cumulative: every pass here resets first, so a small pass after a big one
+    reads its own peak, and reserved and NVML figures come beside the allocated one."""
+    from harness.measure.passes import _peak
+
+    dev = torch.device("cuda")
+    big = _peak(lambda: torch.empty(64 * 2 ** 20, dtype=torch.uint8, device=dev), dev)
+    small = _peak(lambda: torch.empty(2 ** 20, dtype=torch.uint8, device=dev), dev)
+    assert big["delta"] >= 64 * 2 ** 20 and 2 ** 20 <= small["delta"] < 4 * 2 ** 20
+    assert small["peak_reserved_bytes"] >= small["peak_alloc_bytes"]
+    assert small["nvml_peak_bytes"] is None or small["nvml_peak_bytes"] > small["peak_alloc_bytes"]

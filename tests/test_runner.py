@@ -167,3 +167,24 @@ def test_report_escapes_values_and_draws_the_fidelity_figure(tmp_path):
     assert len(list(root.iter(ns + "path"))) > 10  # points, axes and ticks were drawn
     empty = write_html(to_frame(rows[2:]), tmp_path, "t").read_text()
     assert "fig-fidelity_vs_cost" not in empty
+
+
+def test_gpu_check_without_cuda_runs_its_suite_on_the_cpu_and_says_so(tmp_path, capsys, monkeypatch):
+    """CI's proof that `make gpu-check` and its suite work (a subset of the estimators, so the
+    test stays short; the command and the reduced sizes are the real ones)."""
+    import harness.cli as cli
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: make gpu-check runs the real thing there")
+    monkeypatch.setattr(cli, "GPU_CHECK_ON_CPU", cli.GPU_CHECK_ON_CPU + (
+        "estimators=[plain, {name: unroll, params: {T: 1, backend: func}}]", "workloads.2.estimators=['unroll:T=1']"))
+    assert main(["gpu-check", "--out", str(tmp_path / "g"), "--quiet", "--in-process"]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines()[0].startswith("hgbench gpu-check: no CUDA device here: running the gpu-check "
+                                          "suite on the CPU at reduced size")
+    assert "oom as expected" in err
+    rows = pd.read_csv(tmp_path / "g" / "results.csv")
+    assert set(rows["device"]) == {"cpu"} and (tmp_path / "g" / "report.html").exists()
+    assert sorted(rows["status"]) == ["ok"] * (len(rows) - 1) + ["oom"]
+    assert set(rows["backbone"]) == {"resnet32", "resnet10"}

@@ -88,6 +88,8 @@ BAD = [
      "'sama' is not among the suite's estimators"),
     ("workloads: [{name: toy1d, estimators: plain}]\nestimators: [plain]", "workloads[0].estimators",
      "non-empty list of estimator names"),
+    ("workloads: [{name: toy1d, estimators: ['unroll:T=9']}]\nestimators: [unroll]", "workloads[0].estimators",
+     "no variant of 'unroll' in the suite's estimators has T=9"),
     ("workloads: [{name: toy1d, seeds: [-1]}]\nestimators: [plain]", "workloads[0].seeds", "integers"),
     ("workloads: [{name: toy1d, settings: {device: cuda}}]\nestimators: [plain]", "workloads[0].settings.device",
      "not a setting a workload entry may set"),
@@ -182,6 +184,12 @@ def test_a_workload_entry_narrows_estimators_and_sets_its_own_seeds_and_settings
     mwn = [c for c in cells if c.workload == "mwn"]
     assert len(mwn) == 4 and {c.train_steps for c in mwn} == {0}
     assert cells[0].identity()["train_steps"] in (0, 50)  # the setting is the cell's, in its row
+
+
+def test_an_entry_may_keep_one_variant_of_an_estimator():
+    raw = {**ENTRIES, "workloads": [{"name": "toy1d", "estimators": ["unroll:T=2", "plain"], "seeds": [4]}]}
+    cells = build_suite(raw).cells
+    assert sorted((c.estimator, c.estimator_params.get("T")) for c in cells) == [("plain", None), ("unroll", 2)]
 
 
 def test_a_resume_refuses_a_cell_whose_entry_settings_changed(tmp_path, capsys):

@@ -18,6 +18,7 @@ def test_time_call_runs_the_call_once_and_times_it():
     assert time_call(lambda: calls.append(1), torch.device("cpu")) >= 0 and calls == [1]
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_cuda_timing_waits_for_queued_kernels():
     dev = torch.device("cuda")

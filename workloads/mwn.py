@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from harness.core.errors import ConfigError
 from harness.core.params import Param, positive
 from workloads.backbones import BACKBONES, STEMS
 from workloads.base import (HYPER_OPTIMISER_NAMES, BilevelProblem, ClassifierProblem, HyperOptim, InnerOptim,
@@ -64,6 +65,11 @@ def make_splits(p: Mapping[str, Any], seed: int) -> dict[str, Split]:
     parts = stratified_split(y, sizes, rng)
     meta_idx, train_idx = parts[0], parts[-1]
     test = test if test is not None else Split(x[parts[1]], y[parts[1]])
+    empty = [name for name, n in (("meta", len(meta_idx)), ("test", len(test)), ("training", len(train_idx))) if not n]
+    if empty:
+        raise ConfigError(f"mwn: {len(y)} images leave the {' and '.join(empty)} split empty (meta_per_class "
+                          f"{p['meta_per_class']}, test_per_class {p['test_per_class']}); give more images "
+                          "(synthetic_size) or fewer per class")
     noisy = corrupt_labels(y[train_idx], p["noise"], p["noise_rate"], num_classes(p), rng)
     return {"train": Split(x[train_idx], noisy), "train_clean_labels": Split(x[train_idx], y[train_idx]),
             "meta": Split(x[meta_idx], y[meta_idx]), "test": test}

@@ -167,20 +167,30 @@ def _check_keys(entry: Mapping, allowed: set[str], where: str) -> None:
         raise ConfigError(f"{where}.{name}: unknown key (allowed: {', '.join(sorted(allowed))})")
 
 
-def _entry_estimators(e: Mapping, names: list[str], where: str) -> set[str]:
-    """The estimator names a workload entry keeps (`estimators: [plain, evograd]`), each one
-    the suite lists; all of them when the entry names none."""
+def _entry_estimators(e: Mapping, names: list[str], where: str) -> list[tuple[str, dict[str, str]]]:
+    """What a workload entry keeps of the suite's estimators: `estimators: [plain, evograd]`
+    keeps every variant of those names, `unroll:T=5,backend=func` only the variants with those
+    values (compared as text); every one of the suite's when the entry names none."""
     chosen = e.get("estimators")
     if chosen is None:
-        return set(names)
+        return [(n, {}) for n in dict.fromkeys(names)]
     if not isinstance(chosen, list) or not chosen or not all(isinstance(n, str) for n in chosen):
         raise ConfigError(f"{where}.estimators: expected a non-empty list of estimator names from the "
-                          f"suite's estimators ({', '.join(dict.fromkeys(names))})")
-    for n in chosen:
-        if n not in names:
-            raise ConfigError(f"{where}.estimators: {n!r} is not among the suite's estimators "
-                              f"({', '.join(dict.fromkeys(names))}); list it under `estimators:` first")
-    return set(chosen)
+                          f"suite's estimators ({', '.join(dict.fromkeys(names))}), or NAME:key=value,...")
+    out = []
+    for text in chosen:
+        name, _, rest = text.partition(":")
+        pairs = [p.partition("=") for p in rest.split(",") if p.strip()]
+        if name not in names or any(not sep or not k.strip() for k, sep, _ in pairs):
+            raise ConfigError(f"{where}.estimators: {text!r} is not among the suite's estimators "
+                              f"({', '.join(dict.fromkeys(names))}); list it under `estimators:` first, "
+                              "or write NAME:key=value,...")
+        out.append((name, {k.strip(): v.strip() for k, _, v in pairs}))
+    return out
+
+
+def _keeps(kept: list[tuple[str, dict[str, str]]], name: str, params: Mapping[str, Any]) -> bool:
+    return any(name == n and all(str(params.get(k)) == v for k, v in want.items()) for n, want in kept)
 
 
 def _entry_settings(e: Mapping, spec: RunSpec, where: str) -> dict[str, Any]:
@@ -213,7 +223,7 @@ def _check_size(raw: dict, seeds: tuple[int, ...]) -> None:
         backbones = e.get("backbone")
         if isinstance(backbones, list) and not backbones:
             raise ConfigError(f"{where}.backbone: an empty list gives no cells")
-        kept = _entry_estimators(e, list(estimators), where)
+        kept = {n for n, _ in _entry_estimators(e, list(estimators), where)}
         entry_seeds = seeds_of(e["seeds"], f"{where}.seeds") if "seeds" in e else seeds
         total += (_count(params, f"{where}.params") * (len(backbones) if isinstance(backbones, list) else 1)
                   * len(entry_seeds) * sum(n for name, n in estimators.items() if name in kept))
@@ -266,9 +276,13 @@ def build_suite(raw: Any, source: str = "<suite>", overrides: tuple[str, ...] = 
                                       f"(known: {', '.join(workload.backbones)})")
                 workload.validate_backbone(params, b, f"{where}.params")
                 workload_variants.append((workload.name, b, params))
+        for n, want in kept:
+            if not any(_keeps([(n, want)], est, ep) for est, ep in estimator_variants):
+                raise ConfigError(f"{where}.estimators: no variant of {n!r} in the suite's estimators has "
+                                  + ", ".join(f"{k}={v}" for k, v in want.items()))
         cells += [make_cell(w, b, wp, est, ep, s, spec, settings)
                   for s in seeds for (w, b, wp) in workload_variants for (est, ep) in estimator_variants
-                  if est in kept]
+                  if _keeps(kept, est, ep)]
     cells = tuple(sorted(cells, key=lambda c: spec.seeds.index(c.seed) if c.seed in spec.seeds else len(spec.seeds)))
     _check_unique(cells)
     return Suite(spec=spec, cells=cells, raw=raw)
