@@ -1,6 +1,6 @@
 """Where the mixed-mode unroll's extra time goes: torch.profiler over hyper-steps of
 unroll T=5 by func and by mixed, MW-Net ResNet18 width 16 batch 32, CPU, one process."""
-import sys, time
+import sys
 import torch
 from torch.profiler import profile, ProfilerActivity
 from harness.plan.suite import build_suite
