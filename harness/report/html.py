@@ -154,14 +154,12 @@ def _shade(cos: float) -> str:
 def _fidelity_matrix(g: pd.DataFrame, refs: list[str], long_T: list[int]) -> str:
     """Estimator x reference: one cosine each (the mean of draws for a stochastic estimator,
     its direction; else its one draw), coloured."""
-    names = {"long": f"unroll T={'/'.join(map(str, long_T))}" if long_T else "long unroll", "1step": "unroll T=1",
-             "small": "small (first order in lr)", "exact": "closed form"}
-    head = "".join(f"<th>{_e(names.get(r, r))}</th>" for r in refs)
+    head = "".join(f"<th>{_e(reference_name(r, '/'.join(map(str, long_T))))}</th>" for r in refs)
     body = []
     for _, r in g.iterrows():
         cells = []
         for ref in refs:
-            cos = r[f"fid_meancos_{ref}"] if pd.notna(r[f"fid_meancos_{ref}"]) else r[f"fid_cos_{ref}"]
+            cos = cosine_of(r, ref)
             cells.append(f"<td{_shade(cos)}>{_num(cos, 2)}</td>")
         body.append(f"<tr><td>{_e(r['variant'])}</td>{''.join(cells)}</tr>")
     return (f"<table class='matrix'><thead><tr><th>cosine with</th>{head}</tr></thead><tbody>{''.join(body)}"
@@ -233,13 +231,27 @@ def _cost_line(g: pd.DataFrame) -> str:
     return f"cost (time / peak memory) over {_e(base)}: " + ", ".join(items) if items else ""
 
 
+def cosine_of(r: pd.Series, ref: str) -> float:
+    """A row's one cosine with `ref`: the mean of draws for a stochastic estimator (its
+    direction), else its one draw; NaN when not measured."""
+    for col in (f"fid_meancos_{ref}", f"fid_cos_{ref}"):
+        if col in r and pd.notna(r[col]):
+            return float(r[col])
+    return math.nan
+
+
+def reference_name(ref: str, T: object = "") -> str:
+    """A fidelity reference in words (`long` with its T when known)."""
+    if ref == "long":
+        return f"unroll T={T}" if T not in ("", None) and not pd.isna(T) else "the long unroll"
+    return {"exact": "the closed form", "1step": "unroll T=1", "small": "small (first order in lr)"}.get(ref, ref)
+
+
 def fidelity_number(r: pd.Series) -> tuple[str, float] | None:
-    """(reference, cosine): the first of GLANCE_REFERENCES measured for this row; the mean of
-    draws for a stochastic estimator (its direction), else its one draw."""
+    """(reference, cosine): the first of GLANCE_REFERENCES measured for this row."""
     for ref in GLANCE_REFERENCES:
-        for col in (f"fid_meancos_{ref}", f"fid_cos_{ref}"):
-            if col in r and pd.notna(r[col]):
-                return ref, float(r[col])
+        if not math.isnan(cos := cosine_of(r, ref)):
+            return ref, cos
     return None
 
 
@@ -252,15 +264,12 @@ def _fidelity_line(g: pd.DataFrame) -> str:
         return ""
     by_ref: dict[str, list[str]] = {}
     for v, (ref, cos), T in numbers:
-        name = f"unroll T={int(T)}" if ref == "long" and pd.notna(T) else FIDELITY_NAMES[ref]
+        name = reference_name(ref, int(T) if pd.notna(T) else "")
         by_ref.setdefault(name, []).append(f"{_e(v)} {cos:.2f}")
     text = "; ".join(f"against {_e(name)}: {', '.join(items)}" for name, items in by_ref.items())
     if undefined:
         text += ("; " if text else "") + ", ".join(map(_e, undefined)) + ": no cosine (a zero hypergradient here)"
     return "fidelity (cosine; mean of draws where drawn): " + text
-
-
-FIDELITY_NAMES = {"exact": "the closed form", "1step": "unroll T=1", "long": "the long unroll", "small": "small"}
 
 
 def _at_a_glance(table: pd.DataFrame, prepared: pd.DataFrame) -> str:
