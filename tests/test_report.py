@@ -296,6 +296,8 @@ def test_fidelity_section_names_the_reference_of_every_number(run_dir):
         assert f"<th>cos vs {ref}</th>" in section and f"<b>{ref}</b>:" in section
     assert "a long unroll (T = 2)" in section  # the suite's reference_T, from the rows
     assert "cos vs exact" not in section  # mwn has no closed form
+    matrix = section[section.index("<table class='matrix'>"):section.index("<details>")]  # the matrix leads
+    assert "<th>unroll T=1</th>" in matrix and "<th>unroll T=2</th>" in matrix and "background:rgb" in matrix
     assert "<td>plain</td>" not in section  # no hypergradient, no fidelity
     assert "fidelity cos" not in page[:page.index("<h2>Hypergradient fidelity</h2>")]
 
