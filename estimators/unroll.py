@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import higher
 import torch
 
 from estimators.base import Estimator, HyperStepInputs
@@ -59,6 +58,10 @@ class Unroll(Estimator):
         return grads(val_loss, inputs.hparams)
 
     def _higher_val_loss(self, inputs: HyperStepInputs) -> torch.Tensor:
+        # imported here: only this cross-check needs higher, and importing it at start-up
+        # costs every command its import (and, uncompiled, a SyntaxWarning of higher's own)
+        import higher
+
         problem, model = inputs.problem, inputs.problem.model
         names = [n for n, _ in model.named_parameters()]
         weight_names = list(problem.weights)  # the model may also hold hyperparameters (LFT's FT)
