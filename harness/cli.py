@@ -265,6 +265,69 @@ def cmd_overhead(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Every cell of a suite predicted under fake tensors (peak memory of a hyper-step and of
+    a meta-iteration, time on this CPU), none run; with --against, beside a measured run."""
+    import pandas as pd
+
+    from harness.core.plugins import load_plugins
+    from harness.core.units import format_size, parse_size
+    from harness.plan.suite import find_suite, load_suite
+    from harness.report.predicted import against, error_summary, predicted_frontier
+    from harness.run.predict import predict_cells
+    from harness.store.runfolder import default_out
+
+    load_plugins()
+    suite = load_suite(find_suite(args.suite), args.set or [])
+    budgets = sorted({parse_size(b, f"--budget {b}") for b in args.budget or []}) or list(suite.spec.memory_frontier)
+    measured = None
+    if args.against:
+        from harness.report.source import load_run
+
+        measured = load_run(Path(args.against)).rows
+    out = Path(args.out) if args.out else default_out()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write there ({e.strerror}); choose another folder") from None
+    print(f"hgbench predict: suite {suite.name!r}: {len(suite.cells)} cells, for device {args.device} "
+          f"(fake tensors; nothing of a step is allocated) -> {out}", file=sys.stderr)
+    done = lambda r: None if args.quiet else print(
+        f"  {r['workload']}/{r['backbone']}/{r['estimator']}: {r['status']}", file=sys.stderr, flush=True)
+    table = pd.DataFrame(predict_cells(suite.cells, args.device, done))
+    table.to_csv(out / "predicted.csv", index=False)
+    shown = table.assign(peak=table["predicted_peak_bytes"].map(_size_or_blank(format_size)),
+                         iter_peak=table["predicted_iter_peak_bytes"].map(_size_or_blank(format_size)))
+    columns = ["workload", "backbone", "estimator", "peak", "iter_peak", "predicted_time_s", "status"]
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(shown[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""))
+    if budgets:
+        front = predicted_frontier(table[table["status"] == "ok"], budgets)
+        front.to_csv(out / "predicted_frontier.csv", index=False)
+        print("\nmemory frontier (predicted hyper-step peaks):")
+        print(front.assign(budget=front["budget_bytes"].map(format_size))[
+            ["workload", "variant", "budget", "backbone", "batch_size", "peak_mb"]].to_string(
+                index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    if measured is not None:
+        joined = against(table, measured)
+        joined.to_csv(out / "predicted_vs_measured.csv", index=False)
+        summary = error_summary(joined)
+        summary.to_csv(out / "prediction_errors.csv", index=False)
+        print(f"\nagainst {args.against}: {len(joined)} cells predicted and measured on the same device type")
+        print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
+    failed = int((table["status"] != "ok").sum())
+    if failed:
+        print(f"hgbench predict: {failed} of {len(table)} cells could not be predicted (see the error column of "
+              f"{out / 'predicted.csv'})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _size_or_blank(fmt):
+    import math
+
+    return lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt(v)
+
+
 # `hgbench gpu-check` without CUDA: the gpu-check suite at a size the CPU runs in a minute,
 # so CI proves the suite and the command still work (no GPU figure comes of it).
 GPU_CHECK_ON_CPU = (
@@ -400,6 +463,21 @@ def parser() -> argparse.ArgumentParser:
     gpu.add_argument("--quiet", action="store_true", help="no progress bar")
     gpu.add_argument("--in-process", action="store_true", help="debugging: run cells in this process")
     gpu.set_defaults(func=cmd_gpu_check)
+    pre = sub.add_parser("predict", help="predict every cell's hyper-step and meta-iteration peak memory and "
+                                         "time under fake tensors, running none")
+    pre.add_argument("suite")
+    pre.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a suite value (as for run)")
+    pre.add_argument("--out", help="output folder for predicted.csv (default: reports/<timestamp>)")
+    pre.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                     help="the device to predict for (cuda: the caching allocator's 512-byte blocks; "
+                          "no GPU needed; time is predicted for the CPU only)")
+    pre.add_argument("--budget", action="append", metavar="SIZE",
+                     help="a memory budget of the predicted frontier (e.g. 24GB; repeat; default: the "
+                          "suite's memory_frontier)")
+    pre.add_argument("--against", metavar="RUN", help="a run folder of the same cells: print and write the "
+                                                      "prediction errors")
+    pre.add_argument("--quiet", action="store_true", help="no line per cell")
+    pre.set_defaults(func=cmd_predict)
     ovh = sub.add_parser("overhead", help="benchmark the harness's own timing overhead on a hyper-step (MW-Net)")
     ovh.add_argument("--backbone", default="resnet18", help="MW-Net backbone (default resnet18)")
     ovh.add_argument("--width", type=int, default=16, help="first-stage channels (default 16)")

@@ -1,0 +1,306 @@
+"""A hyper-step's peak memory and time predicted without allocating its tensors.
+
+The step runs under `FakeTensorMode`: every op computes its outputs' shapes, dtypes and
+devices and nothing else. `FakeAllocations` (a dispatch mode above it) adds the bytes of each
+new storage an op creates and subtracts them when the storage dies (a weakref on it), which
+is what the live-bytes probe measures for real. Three things torch's own tools do not do here:
+- the problem is built for real (its data splits use data-dependent ops, `aten._unique2`,
+  which fake tensors cannot run), then one throw-away copy is stepped under fake tensors:
+  the model, the optimisers and the data are real and already allocated (they are what
+  the measured peaks sit above), every tensor a step creates is fake;
+- scalar reads (`float(norm(v))` for a finite-difference step, `.item()`) have no value to
+  read; they are answered with 1 (counted in `scalar_reads`): shapes, and so bytes, never
+  depend on them;
+- `MemTracker` refuses several forwards of one module in one iteration, which every estimator
+  does, and `RuntimeEstimator` times ops on a GPU (real kernels or a GPU roofline), so time
+  comes from `Roofline` below, calibrated on this machine.
+"""
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import flop_registry
+
+from harness.measure.pass_counts import PassCounter
+
+CUDA_BLOCK_BYTES = 512  # the caching allocator hands out blocks in multiples of 512 bytes
+
+
+def cuda_footprint(nbytes: int) -> int:
+    """Bytes the caching allocator's `memory_allocated` counts for a storage."""
+    return _round_up(nbytes, CUDA_BLOCK_BYTES)
+
+
+def cpu_live_footprint(nbytes: int) -> int:
+    """Resident bytes of a storage in live-bytes mode (`AllocatorMode`): from the mmap
+    threshold up, its own mapping of whole 4 KiB pages, holding the 64-byte alignment torch
+    asks for and malloc's header; below it, heap bytes (a 16-byte header, 64-byte aligned)."""
+    from harness.measure.memory import LIVE_THRESHOLD
+
+    if nbytes >= LIVE_THRESHOLD:
+        return _round_up(nbytes + 64 + 16, 4096)
+    return _round_up(nbytes, 64) + 16
+
+
+FOOTPRINTS: dict[str, Callable[[int], int]] = {"cuda": cuda_footprint, "cpu": cpu_live_footprint}
+
+# What a prediction leaves out, by device (the `predicted_note` column).
+EXCLUDED = {
+    "cuda": ("CUDA allocator model: each storage rounded up to 512-byte blocks (allocated "
+             "bytes; reserved segments, cuDNN/cuBLAS workspaces and the CUDA context excluded); "
+             "op choices are the CPU kernels' (fused attention and cuDNN batch-norm buffers "
+             "differ on a GPU)"),
+    "cpu": ("live-bytes model: storages of 64 KiB or more as whole 4 KiB pages, smaller ones as heap bytes; "
+            "convolutions' scratch measured once per distinct call; other kernels' scratch, Python "
+            "objects and autograd's graph nodes excluded"),
+}
+
+# Ops that only read metadata or make views: no bytes move and, in the time model, no kernel.
+_NO_KERNEL = {"view", "_unsafe_view", "as_strided", "t", "transpose", "permute", "expand", "unsqueeze",
+              "squeeze", "alias", "detach", "slice", "select", "reshape", "unbind", "split", "chunk",
+              "split_with_sizes", "view_as_real", "view_as_complex", "_reshape_alias", "lift_fresh"}
+
+
+_INDEXING = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torch.ops.aten.index_put_.default,
+             torch.ops.aten._index_put_impl_.default}
+
+
+def _masks_as_indices(indices):
+    """A real boolean mask in an index list as the integer indices it selects (computed for
+    real), so that a fake tensor indexed by it has a known shape; what the mask would do."""
+    out = []
+    for i in indices:
+        if isinstance(i, torch.Tensor) and not isinstance(i, FakeTensor) and i.dtype in (torch.bool, torch.uint8):
+            with _disable_current_modes():
+                out.extend(torch.nonzero(i).unbind(1))
+        else:
+            out.append(i)
+    return out
+
+
+def _round_up(n: int, block: int) -> int:
+    return -(-n // block) * block
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """Per-op time as max(FLOPs / peak FLOP/s, bytes moved / bandwidth) plus a fixed
+    dispatch overhead, the rates measured on this machine by `calibrate`. Bandwidth has two
+    tiers: ops that touch less than `cache_bytes` run from the CPU's caches (an estimator's
+    weight-sized updates at these widths), larger ones from DRAM. A model, not a
+    measurement: its error against measured steps is reported beside it."""
+    flops_per_s: float
+    cache_bytes_per_s: float
+    dram_bytes_per_s: float
+    overhead_s: float
+    cache_bytes: int = 8 * 2 ** 20
+
+    def op_time(self, flops: int, nbytes: int) -> float:
+        bandwidth = self.cache_bytes_per_s if nbytes < self.cache_bytes else self.dram_bytes_per_s
+        return max(flops / self.flops_per_s, nbytes / bandwidth) + self.overhead_s
+
+    @classmethod
+    def calibrate(cls, device: torch.device = torch.device("cpu")) -> "Roofline":
+        """Best of a few runs of a convolution (peak FLOP/s), an add of cache-sized and of
+        DRAM-sized tensors (bandwidths, 3 tensors' bytes moved) and a tiny add (per-op
+        overhead), on this process's threads."""
+        def best(fn: Callable[[], object], n: int) -> float:
+            fn()
+            times = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            return min(times)
+
+        x, w = torch.randn(32, 64, 32, 32, device=device), torch.randn(64, 64, 3, 3, device=device)
+        conv_flops = 2 * 32 * 64 * 32 * 32 * 64 * 9
+        small, big, tiny = (torch.randn(n, device=device) for n in (2 ** 18, 2 ** 23, 8))
+        with torch.no_grad():
+            conv_s = best(lambda: torch.nn.functional.conv2d(x, w, padding=1), 5)
+            small_s = best(lambda: [small + small for _ in range(20)], 5) / 20
+            big_s = best(lambda: big + big, 5)
+            add_s = best(lambda: [tiny + 1 for _ in range(1000)], 5) / 1000
+        return cls(flops_per_s=conv_flops / conv_s, cache_bytes_per_s=3 * small.numel() * 4 / small_s,
+                   dram_bytes_per_s=3 * big.numel() * 4 / big_s, overhead_s=add_s)
+
+
+class FakeAllocations(TorchDispatchMode):
+    """Live bytes of the storages fake ops create, their peak, and the modelled time of
+    the ops; `mark()` starts a segment (its peak and time above what was live then)."""
+
+    def __init__(self, footprint: Callable[[int], int] = lambda n: n, roofline: Roofline | None = None,
+                 scratch: "KernelScratch | None" = None):
+        super().__init__()
+        self.footprint, self.roofline, self.scratch = footprint, roofline, scratch
+        self.current = self.peak = self.base = 0
+        self.time_s = 0.0
+        self.scalar_reads = 0
+        self._live: dict[int, tuple[weakref.ref, int]] = {}
+
+    def mark(self) -> None:
+        self.base = self.peak = self.current
+        self.time_s = 0.0
+
+    @property
+    def segment_peak(self) -> int:
+        return self.peak - self.base
+
+    def _release(self, key: int) -> None:
+        entry = self._live.pop(key, None)
+        if entry is not None:
+            self.current -= entry[1]
+
+    def _track(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        key = id(storage)
+        if key in self._live:
+            return
+        nbytes = self.footprint(storage.nbytes()) if storage.nbytes() else 0
+        self._live[key] = (weakref.ref(storage, lambda _r, key=key: self._release(key)), nbytes)
+        self.current += nbytes
+        self.peak = max(self.peak, self.current)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        ins = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        if ins and not any(isinstance(t, FakeTensor) or t.is_floating_point() or t.is_complex() for t in ins):
+            # Labels, masks and indices drawn for real stay real: their values decide shapes.
+            with _disable_current_modes():
+                out = func(*args, **kwargs)
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    self._track(t)
+            return out
+        if func in _INDEXING:
+            args = (args[0], _masks_as_indices(args[1]), *args[2:])
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.scalar_reads += 1
+            return True if args[0].dtype == torch.bool else 1 if not args[0].dtype.is_floating_point else 1.0
+        out = func(*args, **kwargs)
+        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        for t in outs:
+            self._track(t)
+        if self.scratch is not None and func in KernelScratch.OPS:
+            self.peak = max(self.peak, self.current + self.scratch(func, args, kwargs))
+        if self.roofline is not None and func.namespace == "aten" and func._overloadpacket.__name__ not in _NO_KERNEL:
+            formula = flop_registry.get(func._overloadpacket)
+            flops = int(formula(*args, **kwargs, out_val=out)) if formula is not None else 0
+            moved = sum(t.numel() * t.element_size() for t in (*ins, *outs))
+            self.time_s += self.roofline.op_time(flops, moved)
+        return out
+
+
+class KernelScratch:
+    """Bytes a CPU kernel allocates and frees inside one call, which no output tracker sees:
+    oneDNN's convolutions with few input channels (a LeNet's, a ResNet's stem) lower to
+    im2col and a GEMM, whose column buffer is as large as the batch's patches (5.6-5.9 MiB
+    above the outputs for the rotation's LeNet at batch 64). Measured, not modelled: each
+    distinct call (op, shapes, strides, dtypes, arguments) runs once for real on zeros, its
+    resident high-water mark above what it leaves behind read as on the live-bytes probe
+    (`PeakRSS`'s clear_refs/VmHWM; free heap is left in place, as a step finds it, so that
+    small scratch reusing it is not counted)."""
+    OPS = frozenset({torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default})
+
+    def __init__(self):
+        from harness.measure.memory import rss_probe_unavailable
+
+        self.unavailable = rss_probe_unavailable()
+        self._measured: dict[tuple, int] = {}
+
+    @staticmethod
+    def _key(func, args, kwargs) -> tuple:
+        def part(a):
+            if isinstance(a, torch.Tensor):
+                return ("T", tuple(a.shape), tuple(a.stride()), a.dtype)
+            return repr(a)
+        return (str(func), *(part(a) for a in tree_flatten((args, kwargs))[0]))
+
+    def __call__(self, func, args, kwargs) -> int:
+        if self.unavailable is not None:
+            return 0
+        key = self._key(func, args, kwargs)
+        if key not in self._measured:
+            self._measured[key] = self._measure(func, args, kwargs)
+        return self._measured[key]
+
+    @staticmethod
+    def _measure(func, args, kwargs) -> int:
+        from torch.utils._pytree import tree_map
+
+        from harness.measure.memory import _CLEAR_REFS, _status_kib
+
+        with _disable_current_modes():
+            real_args, real_kwargs = tree_map(
+                lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype).zero_() if isinstance(t, torch.Tensor) else t,
+                (args, kwargs))
+            _CLEAR_REFS.write_text("5")
+            out = func(*real_args, **real_kwargs)
+            scratch = max(0, _status_kib("VmHWM") - _status_kib("VmRSS")) * 1024
+            del out, real_args, real_kwargs
+        return scratch
+
+
+class _RealDraws:
+    """A data stream drawn for real while the step around it is fake: sampling an episode
+    or a batch uses data-dependent ops (`bincount`, `unique`) that fake tensors cannot run.
+    The drawn batch's bytes are counted, as the measured peak counts a batch drawn inside
+    the step."""
+
+    def __init__(self, stream, alloc: "FakeAllocations"):
+        self.stream, self.alloc = stream, alloc
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with _disable_current_modes():
+            batch = next(self.stream)
+        for t in tree_flatten(batch)[0]:
+            if isinstance(t, torch.Tensor):
+                self.alloc._track(t)
+        return batch
+
+
+def predict_trainer(trainer, warmup_steps: int, device_type: str = "cpu",
+                    roofline: Roofline | None = None) -> dict[str, Any]:
+    """Predicted peaks (hyper-step; hyper-step then real step) and times of a throw-away
+    trainer stepped under fake tensors: `warmup_steps` meta-iterations first (at least one,
+    so that gradients and optimiser state exist, as they do when a cell is measured), then
+    the hyper-step and the meta-iteration, each its own segment, in the memory pass's order.
+    The trainer is left holding fake tensors: never use it again."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from harness.train.metaloop import PeekableStream
+
+    alloc = FakeAllocations(FOOTPRINTS[device_type], roofline, KernelScratch() if device_type == "cpu" else None)
+    trainer.train_stream = PeekableStream(_RealDraws(trainer.train_stream, alloc))
+    trainer.val_stream = PeekableStream(_RealDraws(trainer.val_stream, alloc))
+    # A problem's other streams (LFT's auxiliary seen-domain batches) are drawn in its losses.
+    for name, value in list(vars(trainer.problem).items()):
+        if hasattr(value, "__next__"):
+            setattr(trainer.problem, name, _RealDraws(value, alloc))
+    with FakeTensorMode(allow_non_fake_inputs=True), alloc:
+        for _ in range(max(1, warmup_steps)):
+            trainer.iteration(hyper=True)
+        alloc.mark()
+        counter = PassCounter(trainer.problem)
+        with counter.counting():  # (autograd builds fake graphs as it builds real ones)
+            trainer.hyper_step()
+        hyper_peak, hyper_time = alloc.segment_peak, alloc.time_s
+        passes = counter.counts.as_row()
+        del counter  # it holds the kept gradients' nodes: gone before the next segment
+        alloc.mark()
+        trainer.iteration(hyper=True)
+        iter_peak, iter_time = alloc.segment_peak, alloc.time_s
+    return {"predicted_peak_bytes": hyper_peak, "predicted_iter_peak_bytes": iter_peak,
+            "predicted_time_s": hyper_time if roofline is not None else None,
+            "predicted_iter_time_s": iter_time if roofline is not None else None,
+            "scalar_reads": alloc.scalar_reads, **passes}

@@ -1,0 +1,77 @@
+"""Predictions beside measurements: the error of each predicted peak and time against a run
+of the same cells, its distribution per estimator, and the memory frontier from predictions.
+
+A prediction is judged against the same cell's measured row (same workload, backbone,
+estimator, parameters and seed) and the same device type; memory errors are relative
+(predicted / measured - 1), time errors a ratio (predicted / measured).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import pandas as pd
+
+from harness.report.frontier import frontier
+from harness.report.tables import _depth, peak_bytes, variant_labels, workload_labels
+
+KEY = ["workload", "backbone", "estimator", "params", "seed"]
+AGAINST_COLUMNS = ["workload", "backbone", "variant", "seed", "predicted_peak_bytes", "measured_peak_bytes",
+                   "peak_error", "predicted_iter_peak_bytes", "measured_iter_peak_bytes", "iter_peak_error",
+                   "predicted_time_s", "measured_time_s", "time_ratio"]
+
+
+def _numeric(df: pd.DataFrame, cols: Iterable[str]) -> pd.DataFrame:
+    out = df.copy()
+    for c in cols:
+        out[c] = pd.to_numeric(out[c], errors="coerce") if c in out else math.nan
+    return out
+
+
+def against(predicted: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell both predicted (status ok) and measured (status ok) on the device
+    type it was predicted for."""
+    pred = _numeric(predicted[predicted["status"] == "ok"], ["predicted_peak_bytes", "predicted_iter_peak_bytes",
+                                                           "predicted_time_s", "seed"])
+    meas = measured[measured["status"] == "ok"].copy()
+    meas["measured_peak_bytes"] = peak_bytes(meas)
+    meas = _numeric(meas, ["iter_peak_bytes", "hyper_time_s", "seed"]).rename(
+        columns={"iter_peak_bytes": "measured_iter_peak_bytes", "hyper_time_s": "measured_time_s"})
+    joined = pred.merge(meas[KEY + ["device_type", "measured_peak_bytes", "measured_iter_peak_bytes",
+                                    "measured_time_s"]], on=KEY, how="inner")
+    joined = joined[joined["device_type"] == joined["predicted_device"]].copy()
+    joined["variant"] = variant_labels(joined)
+    joined["peak_error"] = joined["predicted_peak_bytes"] / joined["measured_peak_bytes"] - 1
+    joined["iter_peak_error"] = joined["predicted_iter_peak_bytes"] / joined["measured_iter_peak_bytes"] - 1
+    joined["time_ratio"] = joined["predicted_time_s"] / joined["measured_time_s"]
+    return joined[AGAINST_COLUMNS].reset_index(drop=True)
+
+
+def error_summary(joined: pd.DataFrame) -> pd.DataFrame:
+    """Per estimator variant: cells, median and worst |peak error| (hyper-step and
+    meta-iteration), median and worst-from-1 time ratio."""
+    rows = []
+    for variant, g in joined.groupby("variant", sort=True):
+        ratio = g["time_ratio"].dropna()
+        worst_ratio = ratio.iloc[(ratio.map(math.log).abs()).argmax()] if len(ratio) else math.nan
+        rows.append({"variant": variant, "cells": len(g),
+                     "peak_error_median": g["peak_error"].abs().median(),
+                     "peak_error_worst": g["peak_error"].abs().max(),
+                     "iter_peak_error_median": g["iter_peak_error"].abs().median(),
+                     "iter_peak_error_worst": g["iter_peak_error"].abs().max(),
+                     "time_ratio_median": ratio.median() if len(ratio) else math.nan,
+                     "time_ratio_worst": worst_ratio})
+    return pd.DataFrame(rows)
+
+
+def predicted_frontier(predicted: pd.DataFrame, budgets: Iterable[int]) -> pd.DataFrame:
+    """The memory frontier (report.frontier) from predicted hyper-step peaks, each row
+    marked `predicted`."""
+    rows = _numeric(predicted, ["predicted_peak_bytes", "n_params", "batch_size"])
+    rows["variant"] = variant_labels(rows)
+    rows["workload_label"] = workload_labels(rows)
+    rows["depth"] = rows["backbone"].map(_depth)
+    rows["peak_mb"] = rows["predicted_peak_bytes"] / 2 ** 20
+    out = frontier(rows, budgets)
+    out["source"] = "predicted"
+    return out
