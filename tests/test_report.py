@@ -367,3 +367,25 @@ def test_the_sensitivity_suite_runs_and_draws_a_figure_per_knob(tmp_path):
         caption = page[page.index(f"id='fig-sensitivity_{estimator}_{knob}'"):]
         caption = caption[caption.index("<figcaption>"):caption.index("</figcaption>")]
         assert "toy1d / none: closest to" in caption
+
+
+def test_the_cost_table_shows_each_hyper_steps_passes_with_their_legend(run_dir):
+    page = (run_dir / "report.html").read_text()
+    unroll = page[page.index("<td>unroll(backend=func)</td>"):]
+    assert "<td>1T 1V 1B 1D (1k)</td>" in unroll[:unroll.index("</tr>")]  # counted in the run, by hand here
+    assert "D double backwards" in page
+    table = pd.read_csv(run_dir / "summary.csv").set_index("variant")
+    assert table.loc[["plain"], "passes"].eq("none").all()
+
+
+def test_a_cell_whose_memory_grows_per_step_is_flagged_in_the_cost_table():
+    from harness.report.html import _cost_tables
+    from harness.store.results import to_frame
+
+    rows = _rows([0.9]) + [{**r, "memory_grows": True, "memory_growth_bytes_per_step": 5 * 2 ** 20}
+                           for r in _rows([0.8], estimator="evograd")]
+    html = _cost_tables(summary(prepare(to_frame(rows)), Reference.parse("unroll")), Reference.parse("unroll"))
+    evograd = html[html.index("<td>evograd</td>"):]
+    unroll = html[html.index("<td>unroll</td>"):]
+    assert "memory grows per step" in evograd[:evograd.index("</tr>")]
+    assert "memory grows per step" not in unroll[:unroll.index("</tr>")]

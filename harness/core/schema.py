@@ -91,6 +91,11 @@ MEMORY_COLUMNS = ["peak_rss_delta_bytes", "peak_alloc_bytes", "peak_reserved_byt
                   "plain_peak_bytes", "mem_x_plain", "inner_peak_bytes", "iter_peak_bytes", "iter_mem_x_plain",
                   "graph_bytes", "plain_graph_bytes", "graph_x_plain", "memory_method", "memory_note"]
 FLOPS_COLUMNS = ["hyper_flops", "plain_flops", "inner_flops", "flops_x_plain", "flop_efficiency"]
+# One hyper-step's passes, counted from the work done (harness.measure.pass_counts).
+PASS_COLUMNS = ["passes_train_forwards", "passes_val_forwards", "passes_backwards", "passes_kept_backwards",
+                "passes_double_backwards", "passes_forward_mode"]
+# Whether memory still grows per meta-iteration after warm-up (harness.measure.memory).
+GROWTH_COLUMNS = ["memory_growth_bytes_per_step", "memory_grows"]
 # Hypergradient fidelity (harness.train.fidelity), against each reference, computed at the
 # same checkpoint on the same weights and batches: name -> what it is.
 FIDELITY_REFERENCES = {
@@ -123,7 +128,8 @@ PROVENANCE = ["hgbench_version", "git_sha", "git_dirty", "torch_version", "cuda_
               "cudnn_benchmark", "deterministic", "hostname", "start_time"]
 # The documented columns of results.csv, in order; README.md describes each one.
 COLUMNS = [
-    *IDENTITY, "status", "error", *TIME_COLUMNS, *MEMORY_COLUMNS, *FLOPS_COLUMNS, *FIDELITY_COLUMNS,
+    *IDENTITY, "status", "error", *TIME_COLUMNS, *MEMORY_COLUMNS, *GROWTH_COLUMNS, *FLOPS_COLUMNS, *PASS_COLUMNS,
+    *FIDELITY_COLUMNS,
     *OUTCOME_COLUMNS, *PROBLEM_COLUMNS,
     *(SETTING_COLUMN[s] for s in SETTINGS if SETTING_COLUMN[s] not in IDENTITY),
     *PROVENANCE, "wall_s", "shared_machine_cells",
@@ -139,7 +145,7 @@ CURVE_COLUMNS = KEY + CURVE_POINT_COLUMNS
 SUMMARY_COLUMNS = ["workload", "workload_label", "backbone", "estimator", "variant", "params", "cells", "status",
                    "hyper_ms", "hyper_iqr_ms", "step_ms", "peak_mb", "graph_mb", "gflops",
                    "time_x_plain", "mem_x_plain", "iter_mem_x_plain", "flops_x_plain", "flop_efficiency",
-                   "time_x_ref", "mem_x_ref", "flops_x_ref", "reference",
+                   "time_x_ref", "mem_x_ref", "flops_x_ref", "reference", "passes", "memory_grows",
                    *FIDELITY_METRICS, *FIDELITY_FACTS, "acc_mean", "acc_ci95", "n_seeds", "timing_shared"]
 # What `hgbench run` prints of the summary when it ends.
 CONSOLE_COLUMNS = ["workload_label", "backbone", "variant", "status", "hyper_ms", "time_x_plain", "mem_x_plain",

@@ -9,6 +9,7 @@ import ctypes
 import ctypes.util
 import gc
 import os
+import statistics
 import threading
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,31 @@ def rss_probe_unavailable() -> str | None:
     if not _STATUS.exists() or not os.access(_CLEAR_REFS, os.W_OK):
         return "needs Linux /proc/self/clear_refs and VmHWM (peak RSS probe unavailable)"
     return None
+
+
+def resident_bytes(device: torch.device) -> int | None:
+    """What the process holds now: CUDA's allocated bytes, or the CPU's resident set (None
+    where /proc is missing). Read between steps to see memory that grows per step."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    return None if rss_probe_unavailable() else _status_kib("VmRSS") * 1024
+
+
+# A cell's memory grows per step when, after warm-up, the median rise per repeated
+# meta-iteration is above the larger of these (RSS moves by pages and heap growth; a graph
+# kept per step moves it by its whole size every step).
+GROWTH_MIN_BYTES = 256 * 1024
+GROWTH_MIN_FRACTION = 0.01
+
+
+def growth_per_step(readings: list[int | None], peak_bytes: int | None) -> dict[str, Any]:
+    """The median rise between successive readings and whether it flags the cell (higher#6,
+    TorchOpt#218: graphs or optimiser state kept alive by every step). Needs three readings."""
+    if len(readings) < 3 or any(r is None for r in readings):
+        return {"memory_growth_bytes_per_step": None, "memory_grows": None}
+    rise = statistics.median(b - a for a, b in zip(readings, readings[1:]))
+    limit = max(GROWTH_MIN_BYTES, GROWTH_MIN_FRACTION * (peak_bytes or 0))
+    return {"memory_growth_bytes_per_step": int(rise), "memory_grows": bool(rise > limit)}
 
 
 class PeakRSS:

@@ -15,30 +15,42 @@ import torch
 
 from harness.core.units import ratio
 from harness.measure.flops import count_flops
-from harness.measure.memory import AllocatorMode, CudaPeak, NvmlPeak, PeakRSS, SavedTensorBytes
+from harness.core.schema import hyper_peak_bytes
+from harness.measure.memory import (AllocatorMode, CudaPeak, NvmlPeak, PeakRSS, SavedTensorBytes, growth_per_step,
+                                    resident_bytes)
+from harness.measure.pass_counts import count_passes
 from harness.train.metaloop import MetaTrainer
 from harness.measure.timing import Measurement, time_call
 
 
-def time_steps(trainer: MetaTrainer, device: torch.device, repeats: int) -> dict[str, Measurement]:
-    """Interleaved: plain step, hyper-step, real inner step, `repeats` times."""
+def time_steps(trainer: MetaTrainer, device: torch.device, repeats: int,
+               resident: list | None = None) -> dict[str, Measurement]:
+    """Interleaved: plain step, hyper-step, real inner step, `repeats` times; into
+    `resident`, what the process holds after each repeat (read outside the timed calls)."""
     plain, hyper, inner = [], [], []
     for _ in range(repeats):
         plain.append(time_call(trainer.plain_step, device))
         hyper.append(time_call(trainer.hyper_step, device))
         inner.append(time_call(trainer.inner_step, device))
+        if resident is not None:
+            resident.append(resident_bytes(device))
     return {"plain": Measurement(tuple(plain)), "hyper": Measurement(tuple(hyper)),
             "inner": Measurement(tuple(inner))}
 
 
-def time_pass(trainer: MetaTrainer, device: torch.device, repeats: int) -> dict[str, Any]:
-    m = time_steps(trainer, device, repeats)
+def time_pass(trainer: MetaTrainer, device: torch.device, repeats: int,
+              peak_bytes: int | None = None) -> dict[str, Any]:
+    """The timings, and whether memory still grows per meta-iteration while they repeat
+    (the cell is warmed up before: a rise now is kept per step, not a first allocation)."""
+    resident: list = []
+    m = time_steps(trainer, device, repeats, resident)
     h, i, p = m["hyper"], m["inner"], m["plain"]
     step = Measurement(tuple(a + b for a, b in zip(h.times_s, i.times_s)))
     return {"step_time_s": step.median, "step_time_iqr_s": step.iqr, "step_time_min_s": step.min,
             "hyper_time_s": h.median, "hyper_time_iqr_s": h.iqr, "inner_time_s": i.median,
             "plain_time_s": p.median,
-            "time_x_plain": statistics.median(a / b for a, b in zip(h.times_s, p.times_s))}
+            "time_x_plain": statistics.median(a / b for a, b in zip(h.times_s, p.times_s)),
+            **growth_per_step(resident, peak_bytes)}
 
 
 def memory_method(device: torch.device) -> str:
@@ -126,14 +138,16 @@ def flop_efficiency(row: dict[str, Any]) -> float | None:
 
 
 def profile(trainer: MetaTrainer, device: torch.device, timed_steps: int) -> dict[str, Any]:
-    """The three passes on one warmed-up trainer, and the problem's own facts: one cost row.
+    """The three passes on one warmed-up trainer, one hyper-step's passes counted, and the
+    problem's own facts: one cost row.
 
     Memory first: in a cell's fresh process the allocator is still in live-bytes mode (see
     `AllocatorMode`), which is slow; it is then set for speed before anything is timed."""
     out = memory_pass(trainer, device)
     AllocatorMode.for_speed()
-    out.update(time_pass(trainer, device, timed_steps))
+    out.update(time_pass(trainer, device, timed_steps, hyper_peak_bytes({**out, "device_type": device.type})))
     out.update(flops_pass(trainer))
+    out.update(count_passes(trainer))
     out["flop_efficiency"] = flop_efficiency(out)
     trainer.check_finite()
     out.update(trainer.problem.describe(), batch_size=trainer.batch_samples())

@@ -12,7 +12,7 @@ import pandas as pd
 from harness.core.schema import ACCURACY_MEANS, FIDELITY_REFERENCES, FIDELITY_TARGET_COS, PROVENANCE
 from harness.core.units import format_size
 from harness.report import verdict
-from harness.report.tables import Reference
+from harness.report.tables import PASS_LEGEND, Reference
 
 
 def _e(value: Any) -> str:
@@ -47,7 +47,7 @@ def _cost_tables(table: pd.DataFrame, reference: Reference) -> str:
     parts = []
     headers = ["estimator", "status", "hyper-step ms", "time x plain", "memory x plain", "FLOPs x plain",
                "time x ref", "memory x ref", "FLOPs x ref", "peak MB", "iteration memory x plain", "GFLOPs",
-               "FLOP efficiency", "test accuracy"]
+               "passes", "FLOP efficiency", "test accuracy"]
     for (workload, backbone), g in table.groupby(["workload_label", "backbone"], sort=False):
         ref = next((v for v in g["reference"] if v), "")
         note = (f"reference: {_e(ref)}" if ref else
@@ -61,10 +61,20 @@ def _cost_tables(table: pd.DataFrame, reference: Reference) -> str:
             # (the hyper-step's own columns; a dash where it takes none)
             show = (lambda c: "&mdash;") if _no_hyper_step(r) else (lambda c: _num(r[c]))
             dashed |= _no_hyper_step(r)
-            rows.append([_e(r["variant"]), _e(r["status"]) + (" &dagger;" if r["timing_shared"] else ""),
+            status = _e(r["status"]) + (" &dagger;" if r["timing_shared"] else "")
+            if r["memory_grows"] is True:
+                status += "<br><b class='grows'>memory grows per step</b>"
+            rows.append([_e(r["variant"]), status,
                          *map(show, ("hyper_ms", "time_x_plain", "mem_x_plain", "flops_x_plain", "time_x_ref",
                                      "mem_x_ref", "flops_x_ref", "peak_mb")),
-                         _num(r["iter_mem_x_plain"]), show("gflops"), _num(r["flop_efficiency"]), _accuracy(r)])
+                         _num(r["iter_mem_x_plain"]), show("gflops"), _e(r["passes"]) or "&ndash;",
+                         _num(r["flop_efficiency"]), _accuracy(r)])
+        if g["passes"].astype(bool).any():
+            note += "; " + _e(PASS_LEGEND)
+        if g["memory_grows"].map(lambda v: v is True).any():
+            note += ("; <b>memory grows per step</b>: after warm-up, what the process holds still rose by "
+                     "more than 256 KiB (and 1% of the hyper-step's peak) per meta-iteration, at the median "
+                     "over the timed iterations: something (a graph, optimiser state) is kept by every step")
         if dashed:
             note += "; &mdash;: takes no hyper-step (its hypergradient does no work: no FLOPs, no graph)"
         steps = g[(g["status"] == "ok") & ~g.apply(_no_hyper_step, axis=1)]

@@ -13,7 +13,7 @@ import pandas as pd
 
 from harness.core.errors import ConfigError
 from harness.report.verdict import t95
-from harness.core.schema import (FIDELITY_METRICS, SUMMARY_COLUMNS, estimator_params, peak_column,
+from harness.core.schema import (FIDELITY_METRICS, PASS_COLUMNS, SUMMARY_COLUMNS, estimator_params, peak_column,
                                  workload_params)
 
 FIDELITY_NUMERIC = [*FIDELITY_METRICS, "fid_reference_T", "fid_draws", "fid_draws_to_target"]
@@ -125,6 +125,30 @@ def _status(statuses: pd.Series) -> str:
     return ", ".join(f"{n} {s}" for s, n in counts.items())
 
 
+# How the cost table writes a hyper-step's pass counts (PASS_COLUMNS), in that order.
+PASS_LETTERS = {"passes_train_forwards": "T", "passes_val_forwards": "V", "passes_backwards": "B",
+                "passes_double_backwards": "D", "passes_forward_mode": "J"}
+PASS_LEGEND = ("passes per hyper-step: T training forwards, V validation forwards, B first-order backwards, "
+               "D double backwards (through a gradient built with create_graph), J forward-mode passes; "
+               "k: backwards that kept their graph (create_graph), counted within B and D")
+
+
+def passes_text(ok: pd.DataFrame) -> str:
+    """`1T 1V 1B 1D (1k)`: the first finished cell's counts (a variant's counts do not
+    depend on the seed); "none" for a hyper-step that does no pass, "" where not counted."""
+    if ok.empty or any(c not in ok.columns for c in PASS_COLUMNS) or ok[PASS_COLUMNS].iloc[0].isna().any():
+        return ""
+    r = ok[PASS_COLUMNS].iloc[0].astype(int)
+    text = " ".join(f"{r[c]}{letter}" for c, letter in PASS_LETTERS.items() if r[c])
+    kept = r["passes_kept_backwards"]
+    return (text + (f" ({kept}k)" if kept else "")) or "none"
+
+
+def _grows(ok: pd.DataFrame) -> bool:
+    return "memory_grows" in ok.columns and bool(ok["memory_grows"].map(lambda v: v is True or v == 1
+                                                                           or str(v) == "True").any())
+
+
 def _pooled_draws(ok: pd.DataFrame) -> dict[str, Any]:
     """Over seeds: the reference most seeds' mean of draws matched best, and the draws its
     mean needed on the worst of those seeds (NaN when one did not get there within its draws)."""
@@ -158,6 +182,7 @@ def summary(prepared: pd.DataFrame, reference: Reference) -> pd.DataFrame:
                     "time_x_plain", "mem_x_plain", "iter_mem_x_plain", "flops_x_plain", "flop_efficiency",
                     *FIDELITY_METRICS, "fid_reference_T", "fid_draws"):
             row[col] = ok[col].mean() if len(ok) else math.nan
+        row.update(passes=passes_text(ok), memory_grows=_grows(ok))
         row.update(_pooled_draws(ok), fid_trajectory=", ".join(dict.fromkeys(ok["fid_trajectory"].dropna().astype(str))))
         rows.append(row)
     table = pd.DataFrame(rows, columns=[c for c in SUMMARY_COLUMNS if c not in
