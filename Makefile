@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup bench gpu-check cost scaling scaling-transformer sensitivity overhead report-scale test pytest-bench list clean
+.PHONY: setup bench gpu-check cost scaling predict-paper scaling-transformer sensitivity overhead report-scale test pytest-bench list clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ cost: $(STAMP)
 # ARGS="--set device=cuda").
 scaling: $(STAMP)
 	$(PY) -m harness run scaling $(ARGS)
+
+# Which estimator fits on a 12/24/40/80 GB GPU at the papers' sizes: predicted, none run.
+predict-paper: $(STAMP)
+	$(PY) -m harness predict paper-sizes --device cuda $(ARGS)
 
 # Cost only on MetaXL's transformer: 2/6/12 layers at hidden 256 and XLM-R base at 128 tokens.
 scaling-transformer: $(STAMP)

@@ -72,7 +72,9 @@ def test_predicted_passes_under_fake_tensors_equal_the_hand_count_too():
     """`hgbench predict` counts them on the fake step: no tensor of it is allocated."""
     from harness.run.predict import predict_cell
 
-    for cell in build_suite(TINY).cells:
+    # (a fake step costs 0.3 ms an op: the variants that show every kind of pass)
+    kinds = {"unroll(T=2,backend=func)", "unroll(T=2,backend=mixed)", "neumann(terms=2,alpha=0.0)", "evograd"}
+    for cell in [c for c in build_suite(TINY).cells if _variant(c.label()) in kinds]:
         row = predict_cell(cell, "cuda", None)
         hand = HAND_COUNTS[_variant(cell.label())]
         assert row["status"] == "ok" and {c: row[c] for c in PASS_COLUMNS} == {c: hand.get(c, 0) for c in PASS_COLUMNS}

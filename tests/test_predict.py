@@ -122,6 +122,13 @@ def test_predicted_hyper_step_peak_is_within_10_percent_of_the_measured_live_byt
     assert len(rows) == 9 + 3 * 2
     for r in rows:
         for reference in ("outputs", "measured"):
+            if reference == "measured" and "/sama(" in r["cell"]:
+                # The disagreement, kept visible: SAMA's step at this size has 0.9-1.1 MiB of
+                # outputs of 64 KiB and more that the live-byte probe never sees resident
+                # (EvoGrad's and T1-T2 fd's large outputs match the probe to 0.2 MiB), so the
+                # prediction reads 13-15% over it (docs/results/2026-12-04-predict.md).
+                assert 0.5 * 2 ** 20 <= r["predicted"] - r[reference] <= 1.5 * 2 ** 20, (reference, r)
+                continue
             assert abs(r["predicted"] - r[reference]) <= max(0.10 * r[reference], 2 ** 20), (reference, r)
 
 
@@ -169,9 +176,32 @@ def test_predictions_are_judged_against_the_same_cells_measured_rows():
                              {**key, "estimator": "sama", "status": "ok", "device_type": "cuda",  # another device
                               "peak_rss_delta_bytes": None, "peak_alloc_bytes": 50, "iter_peak_bytes": 50,
                               "hyper_time_s": 1.0}])
+    plain = {**key, "estimator": "plain", "status": "ok"}
+    predicted = pd.concat([predicted, pd.DataFrame([{**plain, "predicted_peak_bytes": 0, "predicted_iter_peak_bytes": 5,
+                                                     "predicted_time_s": 0.0, "predicted_device": "cpu"}])], ignore_index=True)
+    measured = pd.concat([measured, pd.DataFrame([{**plain, "device_type": "cpu", "peak_rss_delta_bytes": 4096,
+                                                   "iter_peak_bytes": 5, "hyper_time_s": 3e-4}])], ignore_index=True)
     joined = against(predicted, measured)
-    assert list(joined["variant"]) == ["unroll"]
+    assert list(joined["variant"]) == ["unroll", "plain"]
+    assert pd.isna(joined.iloc[1]["time_ratio"])  # plain's empty hyper-step: predicted to take no time
+    joined = joined.iloc[:1]
     r = joined.iloc[0]
     assert (r["peak_error"], r["iter_peak_error"], r["time_ratio"]) == pytest.approx((0.10, -0.10, 0.5))
     s = error_summary(joined).iloc[0]
     assert (s["peak_error_worst"], s["iter_peak_error_median"], s["time_ratio_worst"]) == pytest.approx((0.1, 0.1, 0.5))
+
+
+def test_the_paper_sizes_suite_asks_every_estimator_at_the_papers_sizes_on_four_gpus():
+    from estimators import ESTIMATORS
+    from harness.plan.suite import find_suite, load_suite
+
+    suite = load_suite(find_suite("paper-sizes"))
+    cells = suite.cells
+    builtin = {name for name, cls in ESTIMATORS if cls.__module__.startswith("estimators.")}
+    assert {c.estimator for c in cells} == builtin
+    assert {c.estimator_params["T"] for c in cells if c.estimator == "unroll"} == {1, 5, 20}
+    assert list(suite.spec.memory_frontier) == [12 * 10 ** 9, 24 * 10 ** 9, 40 * 10 ** 9, 80 * 10 ** 9]
+    sizes = {(c.workload, c.backbone): c.workload_params for c in cells}
+    assert {b for w, b in sizes if w == "lft"} == {"resnet10", "resnet18", "resnet34"}
+    assert all(p["image_size"] == 224 and p["width"] == 64 for (w, _), p in sizes.items() if w == "lft")
+    assert sizes[("mwn", "resnet32")]["batch_size"] == 100 and sizes[("metaxl", "xlmr-base")]["max_len"] == 128

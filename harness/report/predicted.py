@@ -33,7 +33,7 @@ def against(predicted: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
     type it was predicted for."""
     pred = _numeric(predicted[predicted["status"] == "ok"], ["predicted_peak_bytes", "predicted_iter_peak_bytes",
                                                            "predicted_time_s", "seed"])
-    meas = measured[measured["status"] == "ok"].copy()
+    meas = measured[measured["status"] == "ok"].reset_index(drop=True)
     meas["measured_peak_bytes"] = peak_bytes(meas)
     meas = _numeric(meas, ["iter_peak_bytes", "hyper_time_s", "seed"]).rename(
         columns={"iter_peak_bytes": "measured_iter_peak_bytes", "hyper_time_s": "measured_time_s"})
@@ -43,7 +43,9 @@ def against(predicted: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
     joined["variant"] = variant_labels(joined)
     joined["peak_error"] = joined["predicted_peak_bytes"] / joined["measured_peak_bytes"] - 1
     joined["iter_peak_error"] = joined["predicted_iter_peak_bytes"] / joined["measured_iter_peak_bytes"] - 1
-    joined["time_ratio"] = joined["predicted_time_s"] / joined["measured_time_s"]
+    # (a hyper-step that does nothing, plain's, is predicted to take no time: no ratio)
+    timed = (joined["predicted_time_s"] > 0) & (joined["measured_time_s"] > 0)
+    joined["time_ratio"] = (joined["predicted_time_s"] / joined["measured_time_s"]).where(timed)
     return joined[AGAINST_COLUMNS].reset_index(drop=True)
 
 
