@@ -315,6 +315,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         summary.to_csv(out / "prediction_errors.csv", index=False)
         print(f"\nagainst {args.against}: {len(joined)} cells predicted and measured on the same device type")
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
+    from harness.report.html import predicted_page
+
+    (out / "predicted.html").write_text(predicted_page(table, measured, budgets, f"hgbench predict: {suite.name}"),
+                                        encoding="utf-8")
     failed = int((table["status"] != "ok").sum())
     if failed:
         print(f"hgbench predict: {failed} of {len(table)} cells could not be predicted (see the error column of "

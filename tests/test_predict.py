@@ -158,6 +158,8 @@ def test_predict_writes_one_row_per_cell_with_key_columns_and_a_failed_cell_says
     assert ok["status"] == "ok" and ok["predicted_peak_bytes"] > 0 and ok["predicted_time_s"] > 0
     assert failed["status"] == "failed" and "fancy_op" in failed["error"]
     assert pd.isna(failed["predicted_peak_bytes"]) and pd.isna(failed["predicted_time_s"])
+    page = (tmp_path / "p" / "predicted.html").read_text()
+    assert "Predicted (fake tensors, none run)" in page and "fancy_op" in page and "Memory frontier from predictions" in page
     front = pd.read_csv(tmp_path / "p" / "predicted_frontier.csv")
     assert set(front["source"]) == {"predicted"} and list(front["variant"]) == ["unroll"]
 

@@ -389,3 +389,27 @@ def test_a_cell_whose_memory_grows_per_step_is_flagged_in_the_cost_table():
     unroll = html[html.index("<td>unroll</td>"):]
     assert "memory grows per step" in evograd[:evograd.index("</tr>")]
     assert "memory grows per step" not in unroll[:unroll.index("</tr>")]
+
+
+def test_predictions_in_the_run_folder_are_reported_beside_what_was_measured(run_dir, tmp_path):
+    """`hgbench predict SUITE --out RUN` leaves predicted.csv in the run folder; the report then
+    shows each prediction's error against the measured cell (here predictions made 10% high
+    and twice the time by hand) and the frontier from predictions."""
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    rows = pd.read_csv(folder / "results.csv")
+    ok = rows[(rows["status"] == "ok") & (rows["estimator"] == "evograd")]
+    predicted = ok[["workload", "backbone", "estimator", "params", "seed"]].assign(
+        predicted_peak_bytes=ok["peak_rss_delta_bytes"] * 1.1, predicted_iter_peak_bytes=ok["iter_peak_bytes"] * 1.1,
+        predicted_time_s=ok["hyper_time_s"] * 2, status="ok", error="", predicted_device="cpu",
+        n_params=ok["n_params"], batch_size=ok["batch_size"], predicted_note="made by hand")
+    predicted.to_csv(folder / "predicted.csv", index=False)
+    assert main(["report", str(folder)]) == 0
+    page = (folder / "report.html").read_text()
+    section = page[page.index("<h2>Predicted (fake tensors, none run)</h2>"):page.index("<h2>Cells that did not")]
+    evograd = section[section.index("<td>evograd</td>"):]
+    assert evograd.startswith("<td>evograd</td><td>2</td><td>10.0%</td><td>10.0%</td><td>10.0%</td><td>10.0%</td>"
+                              "<td>2</td><td>2</td>"), evograd[:200]
+    assert "<h2>Memory frontier from predictions</h2>" in section
+    (folder / "predicted.csv").write_text("not, a table\n\x00\x01")
+    assert main(["report", str(folder)]) == 2

@@ -95,7 +95,7 @@ def write_report(source: Source, out_dir: Path, reference: Reference | None = No
         atomic_write(out_dir / "frontier.csv", lambda p: front.to_csv(p, index=False))
     data = {"ok": prepared[prepared["status"] == "ok"], "summary": table,
             "curves": _label_curves(source.curves, prepared), "frontier": front}
-    text = page(source, prepared, table, front, reference, _draw_figures(data, out_dir), checked)
+    text = page(source, prepared, table, front, reference, _draw_figures(data, out_dir), checked, budgets)
     path = out_dir / "report.html"
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
     return path

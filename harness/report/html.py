@@ -12,6 +12,7 @@ import pandas as pd
 from harness.core.schema import ACCURACY_MEANS, FIDELITY_REFERENCES, FIDELITY_TARGET_COS, PROVENANCE
 from harness.core.units import format_size
 from harness.report import verdict
+from harness.report.predicted import against, error_summary, predicted_frontier
 from harness.report.tables import PASS_LEGEND, Reference
 
 
@@ -359,13 +360,14 @@ figure{margin:1em 0}figure svg{max-width:100%;height:auto}figcaption{color:#555;
 pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}"""
 
 
-def _frontier_section(table: pd.DataFrame) -> str:
+def _frontier_section(table: pd.DataFrame, heading: str = "Memory frontier",
+                      what: str = "measured") -> str:
     if table.empty:
         return ""
-    parts = ["<h2>Memory frontier</h2><p class='note'>For each budget, each estimator's largest model "
+    parts = [f"<h2>{_e(heading)}</h2><p class='note'>For each budget, each estimator's largest model "
              "(the deepest ResNet; for transformers, the most parameters), then largest training batch "
-             "(samples), whose measured hyper-step peak fits "
-             "(peak MB as in the tables). &mdash;: nothing measured fits.</p>"]
+             f"(samples), whose {what} hyper-step peak fits "
+             "(peak MB as in the tables). &mdash;: nothing " + what + " fits.</p>"]
     budgets = sorted(table["budget_bytes"].unique())
     for workload, g in table.groupby("workload", sort=False):
         rows = []
@@ -381,6 +383,62 @@ def _frontier_section(table: pd.DataFrame) -> str:
     return "".join(parts)
 
 
+def _percent(v: Any) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:+.1f}%"
+
+
+def predicted_section(predicted: pd.DataFrame, measured: pd.DataFrame | None, budgets: list[int]) -> str:
+    """`hgbench predict`'s rows: their errors against the same cells measured (where both
+    exist), each cell's prediction, and the memory frontier from predictions."""
+    ok = predicted[predicted["status"] == "ok"]
+    device = ", ".join(dict.fromkeys(predicted["predicted_device"].astype(str)))
+    notes = "; ".join(dict.fromkeys(predicted.get("predicted_note", pd.Series(dtype=str)).dropna().astype(str)))
+    parts = [f"<h2>Predicted (fake tensors, none run)</h2><p class='note'>{len(predicted)} cells predicted for "
+             f"{_e(device)} by <code>hgbench predict</code>: one meta-iteration under FakeTensorMode, each "
+             f"output storage counted at its allocator footprint; {len(ok)} ok. {_e(notes)}.</p>"]
+    joined = against(predicted, measured) if measured is not None and len(measured) else pd.DataFrame()
+    if len(joined):
+        summary = error_summary(joined)
+        rows = [[_e(r["variant"]), _num(r["cells"]), *(_percent(r[c]).lstrip("+") for c in (
+                    "peak_error_median", "peak_error_worst", "iter_peak_error_median", "iter_peak_error_worst")),
+                 _num(r["time_ratio_median"]), _num(r["time_ratio_worst"])] for _, r in summary.iterrows()]
+        parts.append("<h3>Predicted against measured</h3><p class='note'>The same cells, measured in this run on "
+                     "the device predicted for: |predicted / measured - 1| of the hyper-step peak and of the "
+                     "meta-iteration peak (median and worst over the cells), and predicted / measured time.</p>"
+                     + _table(["estimator", "cells", "peak error median", "peak error worst",
+                               "iteration peak error median", "iteration peak error worst", "time ratio median",
+                               "time ratio worst"], rows))
+        cells = [[_e(r["workload"]), _e(r["backbone"]), _e(r["variant"]),
+                  _num(r["predicted_peak_bytes"] / 2 ** 20), _num(r["measured_peak_bytes"] / 2 ** 20),
+                  _percent(r["peak_error"]), _percent(r["iter_peak_error"]), _num(r["time_ratio"])]
+                 for _, r in joined.iterrows()]
+        parts.append("<details><summary>every cell</summary>" + _table(
+            ["workload", "backbone", "estimator", "predicted MB", "measured MB", "peak error", "iteration peak error",
+             "time ratio"], cells) + "</details>")
+    rows, classes = [], []
+    for _, r in predicted.iterrows():
+        failed = r["status"] != "ok"
+        mb = (lambda c: "" if failed or pd.isna(r[c]) else _num(r[c] / 2 ** 20))
+        rows.append([_e(r["workload"]), _e(r["backbone"]), _e(r["estimator"]), mb("predicted_peak_bytes"),
+                     mb("predicted_iter_peak_bytes"), "" if failed or pd.isna(r["predicted_time_s"]) else
+                     _num(r["predicted_time_s"]), _e(r["status"]) + (f": {_e(r['error'])}" if failed else "")])
+        classes.append("failed" if failed else "ok")
+    parts.append("<details><summary>every prediction</summary>" + _table(
+        ["workload", "backbone", "estimator", "hyper-step peak MB", "meta-iteration peak MB", "time s", "status"],
+        rows, classes) + "</details>")
+    if budgets and len(ok):
+        parts.append(_frontier_section(predicted_frontier(ok, budgets), "Memory frontier from predictions",
+                                       "predicted"))
+    return "".join(parts)
+
+
+def predicted_page(predicted: pd.DataFrame, measured: pd.DataFrame | None, budgets: list[int], title: str) -> str:
+    """`predicted.html`: the predicted section as a page of its own."""
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>"
+            f"{predicted_section(predicted, measured, budgets)}</body></html>")
+
+
 def _memory_methods(prepared: pd.DataFrame) -> str:
     """How the rows' peaks were measured (the `memory_method` column), in words."""
     methods = list(dict.fromkeys(str(m) for m in prepared.get("memory_method", pd.Series()).dropna()))
@@ -389,9 +447,12 @@ def _memory_methods(prepared: pd.DataFrame) -> str:
 
 
 def page(source, prepared: pd.DataFrame, table: pd.DataFrame, front: pd.DataFrame, reference: Reference,
-         drawn: list[tuple[str, str, str, str]], claims: pd.DataFrame | None = None) -> str:
+         drawn: list[tuple[str, str, str, str]], claims: pd.DataFrame | None = None,
+         budgets: list[int] | None = None) -> str:
     """The whole page. `drawn`: (file name, heading, SVG, caption) of each figure."""
     claims_html = _claims_section(claims) if claims is not None else ""
+    predicted = getattr(source, "predicted", None)
+    predicted_html = "" if predicted is None else predicted_section(predicted, source.rows, budgets or [])
     sections = [f"<h3>{_e(heading)}</h3><figure id='fig-{name}'>{svg}"
                 f"<figcaption>{_e(doc)} Files: figures/{name}.png, figures/{name}.pdf.</figcaption></figure>"
                 for name, heading, svg, doc in drawn]
@@ -420,6 +481,7 @@ meta-training (train_steps 0), which measure cost only. Failed cells are shown w
 {_cost_tables(table, reference)}
 {_fidelity_tables(table)}
 {_frontier_section(front)}
+{predicted_html}
 <h2>Cells that did not finish</h2>{_failures(prepared)}
 <h2>Figures</h2>{''.join(sections) or '<p>No figure applies to these rows.</p>'}
 <h2>Environment</h2>{_environment(prepared, source.environment)}

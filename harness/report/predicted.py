@@ -8,10 +8,12 @@ estimator, parameters and seed) and the same device type; memory errors are rela
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 
+from harness.core.errors import ConfigError
 from harness.report.frontier import frontier
 from harness.report.tables import _depth, peak_bytes, variant_labels, workload_labels
 
@@ -77,3 +79,26 @@ def predicted_frontier(predicted: pd.DataFrame, budgets: Iterable[int]) -> pd.Da
     out = frontier(rows, budgets)
     out["source"] = "predicted"
     return out
+
+
+PREDICTED_FILE = "predicted.csv"
+_NEEDED = KEY + ["predicted_peak_bytes", "predicted_iter_peak_bytes", "predicted_time_s", "status",
+                 "predicted_device"]
+
+
+def read_predicted(folder: Path) -> pd.DataFrame | None:
+    """`folder/predicted.csv` as `hgbench predict --out folder` wrote it, or None where there is
+    none; a file that is not one is a one-line error naming it."""
+    path = folder / PREDICTED_FILE
+    if not path.exists():
+        return None
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise ConfigError(f"{path}: not a table `hgbench predict` wrote ({str(e).splitlines()[0][:80]}); "
+                          "move it away or predict again") from None
+    missing = [c for c in _NEEDED if c not in table.columns]
+    if missing:
+        raise ConfigError(f"{path}: not a table `hgbench predict` wrote (no column {missing[0]!r}); "
+                          "move it away or predict again")
+    return table

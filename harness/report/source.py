@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from harness.core.errors import ConfigError
+from harness.report.predicted import read_predicted
 from harness.report.benchjson import load_benchmark_json
 from harness.store.results import read_curves, read_results
 from harness.store.runfolder import bring_in_line, read_spec
@@ -23,6 +24,7 @@ class Source:
     suite_text: str | None
     environment: dict[str, Any]
     budgets: list[int] = field(default_factory=list)
+    predicted: pd.DataFrame | None = None  # `hgbench predict --out` into the run folder
 
 
 def load_run(path: Path) -> Source:
@@ -42,4 +44,4 @@ def load_run(path: Path) -> Source:
     name = spec.name if spec is not None else (str(rows["suite"].iloc[0]) if len(rows) else path.name)
     text = suite.read_text(errors="replace") if suite.exists() else None
     budgets = list(spec.memory_frontier) if spec is not None else []
-    return Source(rows, read_curves(path), f"hgbench report: {name}", text, {}, budgets)
+    return Source(rows, read_curves(path), f"hgbench report: {name}", text, {}, budgets, read_predicted(path))
