@@ -292,9 +292,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out}: cannot write there ({e.strerror}); choose another folder") from None
     print(f"hgbench predict: suite {suite.name!r}: {len(suite.cells)} cells, for device {args.device} "
           f"(fake tensors; nothing of a step is allocated) -> {out}", file=sys.stderr)
-    done = lambda r: None if args.quiet else print(
-        f"  {r['workload']}/{r['backbone']}/{r['estimator']}: {r['status']}", file=sys.stderr, flush=True)
-    table = pd.DataFrame(predict_cells(suite.cells, args.device, done))
+    from harness.run.predict import PREDICTED_COLUMNS
+    from harness.store.results import atomic_write
+
+    collected: list = []
+
+    def done(row):
+        # predicted.csv is rewritten after every cell: a stopped prediction keeps what it has
+        collected.append(row)
+        atomic_write(out / "predicted.csv",
+                     lambda p: pd.DataFrame(collected, columns=list(PREDICTED_COLUMNS)).to_csv(p, index=False))
+        if not args.quiet:
+            print(f"  {row['workload']}/{row['backbone']}/{row['estimator']}: {row['status']}", file=sys.stderr,
+                  flush=True)
+
+    table = pd.DataFrame(predict_cells(suite.cells, args.device, done), columns=list(PREDICTED_COLUMNS))
     table.to_csv(out / "predicted.csv", index=False)
     shown = table.assign(peak=table["predicted_peak_bytes"].map(_size_or_blank(format_size)),
                          iter_peak=table["predicted_iter_peak_bytes"].map(_size_or_blank(format_size)))

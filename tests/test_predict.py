@@ -146,11 +146,20 @@ def test_predict_writes_one_row_per_cell_with_key_columns_and_a_failed_cell_says
         return real(trainer, *a, **k)
 
     monkeypatch.setattr(run_predict, "predict_trainer", fail_for_evograd)
+    seen = []  # predicted.csv as it stands after each cell: rewritten every time
+    real_cell = run_predict.predict_cell
+
+    def watch(cell, *a, **k):
+        path = tmp_path / "p" / "predicted.csv"
+        seen.append(len(pd.read_csv(path)) if path.exists() else 0)
+        return real_cell(cell, *a, **k)
+
+    monkeypatch.setattr(run_predict, "predict_cell", watch)
     suite = tmp_path / "s.yaml"
     suite.write_text("workloads: [{name: mwn, backbone: resnet10, params: {width: 4, batch_size: 8, "
                      "image_size: 8}}]\nestimators: [unroll, evograd]\ntrain_steps: 0\nwarmup_steps: 1\n")
     rc = main(["predict", str(suite), "--out", str(tmp_path / "p"), "--quiet", "--budget", "1GB"])
-    assert rc == 1
+    assert rc == 1 and seen == [0, 1]
     table = pd.read_csv(tmp_path / "p" / "predicted.csv")
     assert list(table.columns[:8]) == ["workload", "backbone", "estimator", "params", "seed",
                                        "predicted_peak_bytes", "predicted_iter_peak_bytes", "predicted_time_s"]
