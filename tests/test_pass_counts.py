@@ -2,6 +2,7 @@
 and the flag for memory that grows per step, on an estimator written to leak."""
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -10,7 +11,7 @@ from estimators.base import Estimator
 from harness.core.schema import PASS_COLUMNS
 from harness.measure.memory import growth_per_step, rss_probe_unavailable
 from harness.measure.pass_counts import PassCounter, PassCounts, count_passes
-from harness.measure.passes import time_pass
+from harness.measure.passes import growth_pass
 from harness.plan.suite import build_suite
 from harness.run.cell_process import probe_trainer
 from harness.train.metaloop import MetaTrainer
@@ -158,9 +159,26 @@ def test_an_estimator_that_keeps_every_graph_is_flagged_and_an_honest_one_is_not
     leaky = MetaTrainer(honest.problem, _KeepsEveryGraph(), 10 ** 9)
     for _ in range(2):  # warm-up, as a cell's is
         leaky.iteration(hyper=True)
-    leak = time_pass(leaky, torch.device("cpu"), repeats=6, peak_bytes=2 ** 20)
+    leak = growth_pass(leaky, torch.device("cpu"), peak_bytes=2 ** 20)
     kept = sum(t.grad_fn is not None for t in leaky.estimator.kept)
-    assert kept == 8 and leak["memory_grows"] is True, leak
+    assert kept == 6 and leak["memory_grows"] is True, leak
     del leaky
-    fine = time_pass(honest, torch.device("cpu"), repeats=6, peak_bytes=2 ** 20)
+    fine = growth_pass(honest, torch.device("cpu"), peak_bytes=2 ** 20)
     assert fine["memory_grows"] is False, fine
+
+
+@pytest.mark.skipif(rss_probe_unavailable() is not None, reason=str(rss_probe_unavailable()))
+def test_an_honest_cell_in_its_own_process_is_not_flagged(tmp_path):
+    """In a cell's process the allocator is switched to speed after the memory pass, and the
+    heap then grew by 2.8-14 MB a step for ten steps (unroll, T1-T2 exact, Neumann at MW-Net
+    ResNet10 width 16 were all flagged when growth was read during the timing): growth is
+    read in the memory pass, where the resident set follows live memory."""
+    from harness.cli import main
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text("workloads: [{name: mwn, backbone: resnet10, params: {width: 16, batch_size: 32}}]\n"
+                     "estimators: [{name: unroll, params: {T: 1}}]\ntrain_steps: 0\nwarmup_steps: 2\n"
+                     "timed_steps: 2\ncurve_points: 0\n")
+    assert main(["run", str(suite), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    row = pd.read_csv(tmp_path / "run" / "results.csv").iloc[0]
+    assert row["memory_grows"] == False and row["memory_growth_bytes_per_step"] < 256 * 1024, row  # noqa: E712

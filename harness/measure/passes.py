@@ -15,42 +15,32 @@ import torch
 
 from harness.core.units import ratio
 from harness.measure.flops import count_flops
-from harness.core.schema import hyper_peak_bytes
 from harness.measure.memory import (AllocatorMode, CudaPeak, NvmlPeak, PeakRSS, SavedTensorBytes, growth_per_step,
-                                    resident_bytes)
+                                    release_free_heap, resident_bytes)
 from harness.measure.pass_counts import count_passes
 from harness.train.metaloop import MetaTrainer
 from harness.measure.timing import Measurement, time_call
 
 
-def time_steps(trainer: MetaTrainer, device: torch.device, repeats: int,
-               resident: list | None = None) -> dict[str, Measurement]:
-    """Interleaved: plain step, hyper-step, real inner step, `repeats` times; into
-    `resident`, what the process holds after each repeat (read outside the timed calls)."""
+def time_steps(trainer: MetaTrainer, device: torch.device, repeats: int) -> dict[str, Measurement]:
+    """Interleaved: plain step, hyper-step, real inner step, `repeats` times."""
     plain, hyper, inner = [], [], []
     for _ in range(repeats):
         plain.append(time_call(trainer.plain_step, device))
         hyper.append(time_call(trainer.hyper_step, device))
         inner.append(time_call(trainer.inner_step, device))
-        if resident is not None:
-            resident.append(resident_bytes(device))
     return {"plain": Measurement(tuple(plain)), "hyper": Measurement(tuple(hyper)),
             "inner": Measurement(tuple(inner))}
 
 
-def time_pass(trainer: MetaTrainer, device: torch.device, repeats: int,
-              peak_bytes: int | None = None) -> dict[str, Any]:
-    """The timings, and whether memory still grows per meta-iteration while they repeat
-    (the cell is warmed up before: a rise now is kept per step, not a first allocation)."""
-    resident: list = []
-    m = time_steps(trainer, device, repeats, resident)
+def time_pass(trainer: MetaTrainer, device: torch.device, repeats: int) -> dict[str, Any]:
+    m = time_steps(trainer, device, repeats)
     h, i, p = m["hyper"], m["inner"], m["plain"]
     step = Measurement(tuple(a + b for a, b in zip(h.times_s, i.times_s)))
     return {"step_time_s": step.median, "step_time_iqr_s": step.iqr, "step_time_min_s": step.min,
             "hyper_time_s": h.median, "hyper_time_iqr_s": h.iqr, "inner_time_s": i.median,
             "plain_time_s": p.median,
-            "time_x_plain": statistics.median(a / b for a, b in zip(h.times_s, p.times_s)),
-            **growth_per_step(resident, peak_bytes)}
+            "time_x_plain": statistics.median(a / b for a, b in zip(h.times_s, p.times_s))}
 
 
 def memory_method(device: torch.device) -> str:
@@ -109,6 +99,7 @@ def _memory_pass(trainer: MetaTrainer, device: torch.device) -> dict[str, Any]:
             trainer.hyper_step()
         graph_bytes = graph.peak_bytes
     out = {k: v for k, v in hyper.items() if k not in ("delta", "note")}
+    out.update(growth_pass(trainer, device, hyper["delta"]))
     out.update({"plain_peak_bytes": plain["delta"], "mem_x_plain": ratio(hyper["delta"], plain["delta"]),
                 "inner_peak_bytes": inner["delta"], "iter_peak_bytes": iteration["delta"],
                 "iter_mem_x_plain": ratio(iteration["delta"], inner["delta"]),
@@ -117,6 +108,25 @@ def _memory_pass(trainer: MetaTrainer, device: torch.device) -> dict[str, Any]:
                 "memory_method": memory_method(device),
                 "memory_note": "; ".join(n for n in (hyper["note"], trainer.estimator.measurement_note) if n)})
     return out
+
+
+GROWTH_ITERATIONS = 4
+
+
+def growth_pass(trainer: MetaTrainer, device: torch.device, peak_bytes: int | None) -> dict[str, Any]:
+    """Whether memory still grows per meta-iteration after warm-up: what the process holds
+    after each of `GROWTH_ITERATIONS` iterations (collected, free heap returned). Read in
+    the memory pass: on the CPU only live-bytes mode makes the resident set follow live
+    memory (in the allocator's speed mode the heap itself grew by 3-14 MB a step for ten
+    steps after the switch, honest estimators included); on CUDA, allocated bytes."""
+    readings = []
+    for _ in range(GROWTH_ITERATIONS):
+        trainer.iteration(hyper=True)
+        gc.collect()
+        if device.type != "cuda":
+            release_free_heap()
+        readings.append(resident_bytes(device))
+    return growth_per_step(readings, peak_bytes)
 
 
 def flops_pass(trainer: MetaTrainer) -> dict[str, Any]:
@@ -145,7 +155,7 @@ def profile(trainer: MetaTrainer, device: torch.device, timed_steps: int) -> dic
     `AllocatorMode`), which is slow; it is then set for speed before anything is timed."""
     out = memory_pass(trainer, device)
     AllocatorMode.for_speed()
-    out.update(time_pass(trainer, device, timed_steps, hyper_peak_bytes({**out, "device_type": device.type})))
+    out.update(time_pass(trainer, device, timed_steps))
     out.update(flops_pass(trainer))
     out.update(count_passes(trainer))
     out["flop_efficiency"] = flop_efficiency(out)

@@ -75,7 +75,7 @@ def _cost_tables(table: pd.DataFrame, reference: Reference) -> str:
         if g["memory_grows"].map(lambda v: v is True).any():
             note += ("; <b>memory grows per step</b>: after warm-up, what the process holds still rose by "
                      "more than 256 KiB (and 1% of the hyper-step's peak) per meta-iteration, at the median "
-                     "over the timed iterations: something (a graph, optimiser state) is kept by every step")
+                     "over 4 meta-iterations of the memory pass: something (a graph, optimiser state) is kept by every step")
         if dashed:
             note += "; &mdash;: takes no hyper-step (its hypergradient does no work: no FLOPs, no graph)"
         steps = g[(g["status"] == "ok") & ~g.apply(_no_hyper_step, axis=1)]
