@@ -96,6 +96,11 @@ PASS_COLUMNS = ["passes_train_forwards", "passes_val_forwards", "passes_backward
                 "passes_double_backwards", "passes_forward_mode"]
 # Whether memory still grows per meta-iteration after warm-up (harness.measure.memory).
 GROWTH_COLUMNS = ["memory_growth_bytes_per_step", "memory_grows"]
+# A cell's memory grows per step when, after warm-up, the median rise per repeated
+# meta-iteration is above the larger of these (the resident set moves by pages and heap
+# growth; a graph kept per step moves it by its whole size every step).
+GROWTH_MIN_BYTES = 256 * 1024
+GROWTH_MIN_FRACTION = 0.01  # of the hyper-step's peak
 # Hypergradient fidelity (harness.train.fidelity), against each reference, computed at the
 # same checkpoint on the same weights and batches: name -> what it is.
 FIDELITY_REFERENCES = {

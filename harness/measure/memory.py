@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from harness.core.schema import GROWTH_MIN_BYTES, GROWTH_MIN_FRACTION
+
 # What "peak memory" means on the CPU: the peak of LIVE bytes, not what the allocator keeps.
 # glibc keeps freed heap memory resident and reuses it, so a step's resident-set rise mixes
 # its live tensors with chunks freed earlier (100-200 MiB on a ResNet-32 step here) and
@@ -161,13 +163,6 @@ def resident_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         return int(torch.cuda.memory_allocated(device))
     return None if rss_probe_unavailable() else _status_kib("VmRSS") * 1024
-
-
-# A cell's memory grows per step when, after warm-up, the median rise per repeated
-# meta-iteration is above the larger of these (RSS moves by pages and heap growth; a graph
-# kept per step moves it by its whole size every step).
-GROWTH_MIN_BYTES = 256 * 1024
-GROWTH_MIN_FRACTION = 0.01
 
 
 def growth_per_step(readings: list[int | None], peak_bytes: int | None) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness.core.schema import ACCURACY_MEANS, FIDELITY_REFERENCES, FIDELITY_TARGET_COS, PROVENANCE
+from harness.core.schema import (ACCURACY_MEANS, FIDELITY_REFERENCES, FIDELITY_TARGET_COS, GROWTH_MIN_BYTES,
+                                 GROWTH_MIN_FRACTION, PROVENANCE)
 from harness.core.units import format_size
 from harness.report import verdict
 from harness.report.predicted import against, error_summary, predicted_frontier
@@ -74,7 +75,8 @@ def _cost_tables(table: pd.DataFrame, reference: Reference) -> str:
             note += "; " + _e(PASS_LEGEND)
         if g["memory_grows"].map(lambda v: v is True).any():
             note += ("; <b>memory grows per step</b>: after warm-up, what the process holds still rose by "
-                     "more than 256 KiB (and 1% of the hyper-step's peak) per meta-iteration, at the median "
+                     f"more than {GROWTH_MIN_BYTES // 1024} KiB (and {GROWTH_MIN_FRACTION:.0%} of the hyper-step's "
+                     "peak) per meta-iteration, at the median "
                      "over 4 meta-iterations of the memory pass: something (a graph, optimiser state) is kept by every step")
         if dashed:
             note += "; &mdash;: takes no hyper-step (its hypergradient does no work: no FLOPs, no graph)"
@@ -451,8 +453,8 @@ def page(source, prepared: pd.DataFrame, table: pd.DataFrame, front: pd.DataFram
          budgets: list[int] | None = None) -> str:
     """The whole page. `drawn`: (file name, heading, SVG, caption) of each figure."""
     claims_html = _claims_section(claims) if claims is not None else ""
-    predicted = getattr(source, "predicted", None)
-    predicted_html = "" if predicted is None else predicted_section(predicted, source.rows, budgets or [])
+    predicted_html = ("" if source.predicted is None else
+                      predicted_section(source.predicted, source.rows, budgets or []))
     sections = [f"<h3>{_e(heading)}</h3><figure id='fig-{name}'>{svg}"
                 f"<figcaption>{_e(doc)} Files: figures/{name}.png, figures/{name}.pdf.</figcaption></figure>"
                 for name, heading, svg, doc in drawn]
