@@ -130,39 +130,6 @@ def second_order_products(problem: BilevelProblem, weights: Mapping[str, Tensor]
     return dict(zip(keys, out[:len(keys)])), dict(zip(names, out[len(keys):]))
 
 
-def mixed_mode_unroll(problem: BilevelProblem, weights: Mapping[str, Tensor], buffers: TensorDict,
-                      hparams: Mapping[str, Tensor], train_batches: Sequence[Any], val_batch: Any,
-                      lr: float) -> TensorDict:
-    """The T-step unrolled hypergradient by an explicit reverse sweep (MixFlow-MG): the T
-    iterates are stored (detached; with the buffers each step saw), then from a_T = dLval/dw_T
-
-        g_lam += a_t . dPhi_t/dlam = -lr * d/dlam <grad_w Ltrain(w_{t-1}), a_t>
-        a_{t-1} = a_t . dPhi_t/dw  = a_t - lr * Hess_w Ltrain(w_{t-1}) a_t
-
-    with both products from one forward-over-reverse pass per step. Memory: the iterates and
-    one step's first-order graph, whatever T is. Each recomputed step draws what the step
-    drew (LFT's FT noise): `CommonDraws` per step."""
-    frozen = detached(hparams)
-    w = detached(weights)
-    steps = []  # (w_{t-1}, the buffers and the random draws step t saw, D_t)
-    for batch in train_batches:
-        draws = CommonDraws()
-        steps.append((w, {k: v.clone() for k, v in buffers.items()}, draws, batch))
-        wl = leaf_copy(w)
-        with draws.same():
-            g = grads(problem.train_loss(wl, buffers, frozen, batch), wl)
-        w = {k: (wl[k] - lr * g[k]).detach() for k in wl}
-    a, total = val_grads(problem, leaf_copy(w), buffers, hparams, val_batch)
-    after = _rng_state()
-    for w_prev, step_buffers, draws, batch in reversed(steps):
-        with draws.same():
-            hv, mixed = second_order_products(problem, w_prev, step_buffers, hparams, batch, a)
-        total = {k: total[k] - lr * mixed[k] for k in total}
-        a = {k: a[k] - lr * hv[k] for k in a}
-    _set_rng_state(after)  # the random stream goes on as after the unrolled steps
-    return total
-
-
 class CommonDraws:
     """Common random numbers: evaluations of a workload's losses under the SAME random draws
     (LFT's feature-wise noise, any dropout), so that a difference of two losses or gradients

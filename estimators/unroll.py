@@ -3,9 +3,15 @@ from __future__ import annotations
 import torch
 
 from estimators.base import Estimator, HyperStepInputs
-from estimators.functional import grads, leaf_copy, mixed_mode_unroll, scratch_buffers, unroll_val_loss
+from estimators.functional import grads, leaf_copy, scratch_buffers, unroll_val_loss
+from estimators.mixed_mode import SWEEPS, mixed_mode_unroll
 from harness.core.params import Param, positive
 from workloads.base import TensorDict
+
+
+# backend -> the mixed-mode sweep it runs (`estimators.mixed_mode.SWEEPS`)
+MIXED_BACKENDS = {"mixed": "fwad", "mixed-jvp": "jvp", "mixed-linearize": "linearize"}
+assert set(MIXED_BACKENDS.values()) == set(SWEEPS)
 
 
 class Unroll(Estimator):
@@ -21,14 +27,19 @@ class Unroll(Estimator):
     iterates and sweeps back over them, each Hessian-vector and mixed product a
     forward-mode derivative of a first-order gradient (forward-over-reverse, MixFlow-MG), so
     no double-backward graph is kept and memory does not grow with the unrolled graph.
+    `mixed-jvp` takes those products through `torch.func.jvp` instead of dual tensors, and
+    `mixed-linearize` keeps each inner step's gradient with its `torch.func.linearize` map from
+    the forward unroll rather than recomputing it in the sweep (see `estimators.mixed_mode`).
     """
 
     name = "unroll"
     doc = "backprop through T differentiable SGD steps"
     params = (positive("T", int, 1, "number of unrolled inner steps"),
               Param("backend", str, "func", "func: torch.func.functional_call + autograd.grad; "
-                    "higher: higher.innerloop_ctx; mixed: forward-over-reverse sweep over stored iterates",
-                    choices=("func", "higher", "mixed")))
+                    "higher: higher.innerloop_ctx; mixed: forward-over-reverse sweep over stored iterates "
+                    "(dual tensors); mixed-jvp: the same by torch.func.jvp; mixed-linearize: each step's "
+                    "gradient and its linearisation kept from the forward unroll (memory grows with T)",
+                    choices=("func", "higher", *MIXED_BACKENDS)))
 
     @property
     def n_train_batches(self) -> int:
@@ -36,19 +47,20 @@ class Unroll(Estimator):
 
     @property
     def saved_tensor_probe_applies(self) -> bool:
-        return self.p["backend"] != "mixed"
+        return self.p["backend"] not in MIXED_BACKENDS
 
     @property
     def measurement_note(self) -> str:
-        if self.p["backend"] != "mixed":
+        if self.p["backend"] not in MIXED_BACKENDS:
             return ""
         return ("no graph_bytes: the saved-tensor probe cannot follow forward-mode AD (its tangents "
                 "ride on the saved tensors); the peak columns measure the sweep's memory")
 
     def hypergradient(self, inputs: HyperStepInputs) -> TensorDict:
-        if self.p["backend"] == "mixed":
+        if self.p["backend"] in MIXED_BACKENDS:
             return mixed_mode_unroll(inputs.problem, inputs.weights, scratch_buffers(inputs.buffers),
-                                     inputs.hparams, inputs.train_batches, inputs.val_batch, inputs.lr)
+                                     inputs.hparams, inputs.train_batches, inputs.val_batch, inputs.lr,
+                                     sweep=MIXED_BACKENDS[self.p["backend"]])
         if self.p["backend"] == "higher":
             val_loss = self._higher_val_loss(inputs)
         else:
