@@ -81,6 +81,20 @@ def test_predicted_passes_under_fake_tensors_equal_the_hand_count_too():
         assert row["status"] == "ok" and {c: row[c] for c in PASS_COLUMNS} == {c: hand.get(c, 0) for c in PASS_COLUMNS}
 
 
+@pytest.mark.parametrize("backend", ["mixed-jvp", "mixed-linearize"])
+def test_the_functorch_sweeps_count_as_the_dual_tensor_sweep(backend):
+    """mixed-jvp: the sweep's products through torch.func.jvp of torch.func.grad, whose own
+    autograd.grad asks for create_graph (for an enclosing transform) but is first-order here.
+    mixed-linearize: the same passes, moved: per step the forward unroll runs the loss once
+    eagerly (the inner gradient) and once traced on duals (the linear map); the sweep then
+    applies the stored maps and calls no loss."""
+    from tests.helpers import build, estimator
+    trainer = MetaTrainer(build("mwn", width=4, batch_size=8, image_size=8),
+                          estimator("unroll", T=2, backend=backend), 100)
+    hand = HAND_COUNTS["unroll(T=2,backend=mixed)"]
+    assert count_passes(trainer) == {c: hand.get(c, 0) for c in PASS_COLUMNS}
+
+
 def test_the_counts_are_the_schemas_columns():
     assert list(PassCounts().as_row()) == PASS_COLUMNS
 

@@ -16,6 +16,12 @@ classified by what it actually touches:
 So unroll T=1 is one training forward, one kept first-order backward, one validation
 forward and one double backward (the validation loss's backward runs through the kept
 gradient); the mixed backend's sweep shows forward-mode passes and no double backward.
+
+Inside torch.func's transforms (the `mixed-jvp` and `mixed-linearize` backends) a loss run
+under a `jvp` transform, or traced on duals by `linearize`, is a forward-mode pass, and the `torch.autograd.grad` that
+`torch.func.grad` itself calls asks for `create_graph` only so that an enclosing transform
+may differentiate it: it counts as kept only when a reverse-mode transform (grad, vjp)
+encloses it, not under forward-mode alone.
 """
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.autograd.forward_ad as fwAD
+from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 from torch.autograd.graph import get_gradient_edge
 
 @dataclass
@@ -42,6 +50,11 @@ class PassCounts:
         return {f"passes_{f.name}": getattr(self, f.name) for f in fields(self)}
 
 
+def _functorch_stack() -> list:
+    """The active torch.func transforms, outermost first (empty outside any)."""
+    return [i.key() for i in retrieve_all_functorch_interpreters()]
+
+
 def _is_dual(x: Any) -> bool:
     return isinstance(x, torch.Tensor) and fwAD.unpack_dual(x).tangent is not None
 
@@ -52,6 +65,15 @@ def _has_dual(args: tuple, kwargs: dict) -> bool:
         if any(_is_dual(v) for v in values):
             return True
     return False
+
+
+def _is_forward_mode(args: tuple, kwargs: dict) -> bool:
+    """A loss on dual tensors, or run under a `torch.func.jvp` transform, or under any
+    torch.func transform while a `forward_ad.dual_level` is open (`torch.func.linearize`'s
+    trace: functorch's wrappers hide the dual from `unpack_dual`)."""
+    stack = _functorch_stack()
+    return (_has_dual(args, kwargs) or TransformType.Jvp in stack
+            or (bool(stack) and fwAD._current_level >= 0))
 
 
 def _as_list(x) -> list:
@@ -102,12 +124,13 @@ class PassCounter:
         # (a count pass is a pass of its own: what they keep alive is never measured)
         self._marked: set = set()
         self._thread = threading.get_ident()
+        self._inside = False  # within a counted torch.autograd.grad call
 
     def _loss(self, original: Callable, kind: str) -> Callable:
         def counted(*args, **kwargs):
             if threading.get_ident() == self._thread:
                 setattr(self.counts, kind, getattr(self.counts, kind) + 1)
-                if _has_dual(args, kwargs):
+                if _is_forward_mode(args, kwargs):
                     self.counts.forward_mode += 1
             return original(*args, **kwargs)
         return counted
@@ -131,11 +154,20 @@ class PassCounter:
         problem, grad, backward = self.problem, torch.autograd.grad, torch.autograd.backward
 
         def counted_grad(outputs, inputs, *args, **kwargs):
-            if threading.get_ident() != self._thread:
+            if threading.get_ident() != self._thread or self._inside:
+                # (a call nested in a counted one is the same pass: make_fx's tracing, as
+                # in torch.func.linearize, re-enters torch.autograd.grad from its handler)
                 return grad(outputs, inputs, *args, **kwargs)
             create = bool(kwargs.get("create_graph", args[2] if len(args) > 2 else False))
+            stack = _functorch_stack()
+            if stack and stack[-1] == TransformType.Grad:  # torch.func.grad's own call
+                create = TransformType.Grad in stack[:-1]  # (vjp runs as a Grad transform too)
             self._backward(outputs, inputs, create)
-            got = grad(outputs, inputs, *args, **kwargs)
+            self._inside = True
+            try:
+                got = grad(outputs, inputs, *args, **kwargs)
+            finally:
+                self._inside = False
             if create:
                 self._mark(got)
             return got
