@@ -231,6 +231,11 @@ def cmd_paired(args: argparse.Namespace) -> int:
     from harness.core.plugins import load_plugins
     from harness.run.paired import paired
 
+    if args.memory:
+        from harness.measure.memory import AllocatorMode, rss_probe_unavailable
+        if rss_probe_unavailable() or not AllocatorMode.for_live_bytes():  # before any tensor exists
+            raise ConfigError("--memory reads live bytes, which needs Linux's /proc and glibc's mallopt; "
+                              "run without --memory here")
     load_plugins()
     if args.rounds < 1:
         raise ConfigError(f"--rounds {args.rounds}: must be >= 1")
@@ -242,11 +247,13 @@ def cmd_paired(args: argparse.Namespace) -> int:
         raise ConfigError(f"--params {args.params!r}: expected a YAML mapping such as '{{width: 16, batch_size: 32}}'")
     for backbone in args.backbone:
         w = {"name": args.workload, "backbone": backbone, "params": params}
-        r = paired(w, args.a, args.b, args.rounds)
+        r = paired(w, args.a, args.b, args.rounds, memory=args.memory)
+        mem = (f", A {r['a_peak_bytes'] / 2 ** 20:.1f} MiB, B {r['b_peak_bytes'] / 2 ** 20:.1f} MiB, "
+               f"A/B memory {r['memory_ratio']:.3f} (hyper-step live-byte peaks)" if args.memory else "")
         print(f"{args.workload} {backbone} {args.params}: A {r['a_ms']:.1f} ms, B {r['b_ms']:.1f} ms, "
               f"A/B time {r['time_ratio']:.3f} (median of {args.rounds} paired rounds; 95% interval "
               f"{r['time_ratio_95'][0]:.3f}-{r['time_ratio_95'][1]:.3f}), "
-              f"A/B FLOPs {r['flops_ratio']:.3f}")
+              f"A/B FLOPs {r['flops_ratio']:.3f}{mem}")
     return 0
 
 
@@ -472,6 +479,8 @@ def parser() -> argparse.ArgumentParser:
                      help="backbones, one comparison each (default resnet10 resnet18 resnet34)")
     par.add_argument("--params", default="{width: 16, batch_size: 32}", help="workload parameters (YAML mapping)")
     par.add_argument("--rounds", type=int, default=15, help="paired rounds (default 15)")
+    par.add_argument("--memory", action="store_true",
+                     help="also read each hyper-step's live-byte peak once, before timing (Linux)")
     par.set_defaults(func=cmd_paired)
     gpu = sub.add_parser("gpu-check", help="on CUDA: the CUDA-only tests and the gpu-check suite on the GPU; "
                                            "without CUDA: the same suite on the CPU at reduced size")

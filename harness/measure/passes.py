@@ -86,6 +86,16 @@ def memory_pass(trainer: MetaTrainer, device: torch.device) -> dict[str, Any]:
         gc.unfreeze()
 
 
+def hyper_step_peak(trainer: MetaTrainer, device: torch.device) -> int | None:
+    """One hyper-step's peak, read as the memory pass reads it (for a paired comparison)."""
+    gc.collect()
+    gc.freeze()
+    try:
+        return _peak(trainer.hyper_step, device)["delta"]
+    finally:
+        gc.unfreeze()
+
+
 def _memory_pass(trainer: MetaTrainer, device: torch.device) -> dict[str, Any]:
     hyper = _peak(trainer.hyper_step, device)
     plain = _peak(trainer.plain_step, device)

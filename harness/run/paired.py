@@ -5,7 +5,10 @@ their times differ by more than two similar estimators do (seen here: +-20% betw
 the same cell). For a claim of the form "A costs no more than B", time both on copies of the
 same problem in one process, in pairs A, B, B, A, A, B, ..., and read the median of the
 per-pair ratios, so drift of the machine's speed hits both alike.
-FLOPs are exact and printed too. Run:
+FLOPs are exact and printed too. With `memory=True` each hyper-step's peak is read once
+before any timing, as a cell's memory pass reads it (live bytes on the CPU: the caller must
+have put the allocator in live-bytes mode before any tensor existed, as `hgbench paired
+--memory` does; it is then set for speed). Run:
 `hgbench paired --workload mwn --backbone resnet18 hyperdistill:unit_direction=true t1t2:mode=exact`
 """
 from __future__ import annotations
@@ -17,6 +20,8 @@ import torch
 import yaml
 
 from harness.measure.flops import count_flops
+from harness.measure.memory import AllocatorMode
+from harness.measure.passes import hyper_step_peak
 from harness.measure.timing import time_call
 from harness.plan.suite import build_suite
 from harness.run.cell_process import probe_trainer
@@ -46,11 +51,19 @@ def median_interval(values: list[float], level: float = 0.95) -> tuple[float, fl
     return xs[k - 1], xs[n - k]
 
 
-def paired(workload: dict, a: str, b: str, rounds: int, warmup: int = 2) -> dict[str, float]:
+def paired(workload: dict, a: str, b: str, rounds: int, warmup: int = 2, memory: bool = False) -> dict[str, float]:
     cells = build_suite({"workloads": [workload], "estimators": [estimator_entry(a), estimator_entry(b)],
                          "train_steps": 0, "warmup_steps": warmup}).cells
     device = torch.device("cpu")
     ta, tb = (probe_trainer(c, device) for c in cells)
+    peaks = {}
+    if memory:
+        if not AllocatorMode.live_bytes:
+            raise RuntimeError("paired(memory=True) reads live bytes: call AllocatorMode.for_live_bytes() "
+                               "at the start of the process, before any tensor exists")
+        peaks = {"a_peak_bytes": hyper_step_peak(ta, device), "b_peak_bytes": hyper_step_peak(tb, device)}
+        peaks["memory_ratio"] = peaks["a_peak_bytes"] / peaks["b_peak_bytes"]
+    AllocatorMode.for_speed()
     ratios = []
     times_a, times_b = [], []
     for r in range(rounds):
@@ -65,4 +78,4 @@ def paired(workload: dict, a: str, b: str, rounds: int, warmup: int = 2) -> dict
         ratios.append(times_a[-1] / times_b[-1])
     return {"a_ms": 1e3 * statistics.median(times_a), "b_ms": 1e3 * statistics.median(times_b),
             "time_ratio": statistics.median(ratios), "time_ratio_95": median_interval(ratios),
-            "flops_ratio": count_flops(ta.hyper_step) / count_flops(tb.hyper_step)}
+            "flops_ratio": count_flops(ta.hyper_step) / count_flops(tb.hyper_step), **peaks}
