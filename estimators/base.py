@@ -79,6 +79,12 @@ class Estimator(ABC):
         tangents and the saved-tensor probe); it goes into the row's `memory_note`."""
         return ""
 
+    @property
+    def fake_step_refusal(self) -> str:
+        """Why `hgbench predict`'s fake-tensor count would be wrong for this estimator ("" where
+        it holds); such a cell's prediction is a failed row with this reason, never a number."""
+        return ""
+
     @abstractmethod
     def hypergradient(self, inputs: HyperStepInputs) -> TensorDict | None:
         """Gradients keyed like `inputs.hparams`, or None for "no hyper-update"."""

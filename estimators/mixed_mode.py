@@ -77,7 +77,7 @@ def _recomputed_step(problem, w, buffers, hparams, batch) -> tuple[TensorDict, _
 
 def _linearized_step(problem, w, buffers, hparams, batch) -> tuple[TensorDict, _Step]:
     step = _Step(w, buffers, CommonDraws(), batch)
-    with step.draws.same(), frozen_running_stats(problem.model):
+    with step.draws.same(), frozen_running_stats(problem.model), _forward_mode_needed("mixed-linearize"):
         try:
             (g, _), step.linear = torch.func.linearize(_gradient_function(problem, buffers, batch),
                                                        dict(w), detached(hparams))
@@ -98,6 +98,17 @@ def _linearized_step(problem, w, buffers, hparams, batch) -> tuple[TensorDict, _
     return detached(g), step
 
 
+@contextmanager
+def _forward_mode_needed(backend: str) -> Iterator[None]:
+    """An op without a forward-mode formula (the rotation's grid_sampler_2d) as one line."""
+    try:
+        yield
+    except NotImplementedError as e:
+        first = str(e).splitlines()[0] if str(e) else "an op has no forward-mode formula"
+        raise NotImplementedError(f"backend {backend} needs forward-mode AD through the training loss and "
+                                  f"its backward ({first}): use backend func for this workload") from None
+
+
 def _fwad_products(problem, step: _Step, hparams, a) -> tuple[TensorDict, TensorDict]:
     with step.draws.same():
         return second_order_products(problem, step.weights, step.buffers, hparams, step.batch, a)
@@ -106,7 +117,7 @@ def _fwad_products(problem, step: _Step, hparams, a) -> tuple[TensorDict, Tensor
 def _jvp_products(problem, step: _Step, hparams, a) -> tuple[TensorDict, TensorDict]:
     lam = detached(hparams)
     no_tangent = {k: torch.zeros_like(v) for k, v in lam.items()}  # along w only
-    with step.draws.same(), frozen_running_stats(problem.model):
+    with step.draws.same(), frozen_running_stats(problem.model), _forward_mode_needed("mixed-jvp"):
         _, (hv, mixed) = torch.func.jvp(_gradient_function(problem, step.buffers, step.batch),
                                         (dict(step.weights), lam), (dict(a), no_tangent))
     return detached(hv), detached(mixed)

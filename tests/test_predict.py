@@ -173,6 +173,22 @@ def test_predict_writes_one_row_per_cell_with_key_columns_and_a_failed_cell_says
     assert set(front["source"]) == {"predicted"} and list(front["variant"]) == ["unroll"]
 
 
+@pytest.mark.parametrize("backend", ["mixed-jvp", "mixed-linearize"])
+def test_a_backend_the_fake_count_misses_is_refused_not_predicted(backend):
+    """torch.func's transforms are not counted as they allocate under fake tensors (measured:
+    3-20x off), so their cells are failed rows saying so, never a wrong number."""
+    from harness.plan.suite import build_suite
+    from harness.run.predict import predict_cell
+
+    cell = build_suite({"workloads": [{"name": "mwn", "backbone": "resnet10",
+                                       "params": {"width": 4, "batch_size": 8, "image_size": 8}}],
+                        "estimators": [{"name": "unroll", "params": {"T": 2, "backend": backend}}],
+                        "train_steps": 0, "warmup_steps": 1}).cells[0]
+    row = predict_cell(cell, "cpu", None)
+    assert row["status"] == "failed" and f"backend {backend} is not predicted" in row["error"]
+    assert row["predicted_peak_bytes"] is None
+
+
 def test_predictions_are_judged_against_the_same_cells_measured_rows():
     from harness.report.predicted import against, error_summary
 

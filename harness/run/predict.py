@@ -33,6 +33,8 @@ def predict_cell(cell: Cell, device_type: str, roofline: Roofline | None) -> dic
                + ("" if roofline is not None else "; time not predicted (no calibration for this device here)"))
     try:
         trainer = probe_trainer(cell, torch.device("cpu"), warmup_steps=0)
+        if trainer.estimator.fake_step_refusal:
+            raise NotImplementedError(trainer.estimator.fake_step_refusal)
         row.update(trainer.problem.describe(), batch_size=trainer.batch_samples())
         row.update(predict_trainer(trainer, cell.warmup_steps, device_type, roofline))
         row.update(status="ok", error="")
