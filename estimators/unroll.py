@@ -58,9 +58,8 @@ class Unroll(Estimator):
 
     @property
     def fake_step_refusal(self) -> str:
-        # measured at MW-Net ResNet10 width 4, T=2: mixed-jvp 1.1 MiB live against 3.2 MB
-        # predicted, mixed-linearize 32.4 MiB against 1.6 MB
-        if self.p["backend"] in ("mixed-jvp", "mixed-linearize"):
+        sweep = MIXED_BACKENDS.get(self.p["backend"])
+        if sweep is not None and not SWEEPS[sweep].fake_count_holds:
             return (f"backend {self.p['backend']} is not predicted: under fake tensors torch.func's wrapped "
                     "tensors and make_fx's traced constants are not counted as they are allocated (its "
                     "prediction missed the live-byte peak by 3-20x); measure it, or predict backend mixed")

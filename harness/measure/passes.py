@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import gc
 import statistics
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 
@@ -78,22 +79,25 @@ def memory_pass(trainer: MetaTrainer, device: torch.device) -> dict[str, Any]:
     data: in a test or `--in-process` run, a whole interpreter's objects) is collected once
     and then frozen out of the collector's sight for the pass, so each of those collections
     scans only what the pass created (0.26 s each to a few ms in a test process)."""
+    with _collector_frozen():
+        return _memory_pass(trainer, device)
+
+
+@contextmanager
+def _collector_frozen() -> Iterator[None]:
+    """What is alive now collected once, then out of the collector's sight for the block."""
     gc.collect()
     gc.freeze()
     try:
-        return _memory_pass(trainer, device)
+        yield
     finally:
         gc.unfreeze()
 
 
 def hyper_step_peak(trainer: MetaTrainer, device: torch.device) -> int | None:
     """One hyper-step's peak, read as the memory pass reads it (for a paired comparison)."""
-    gc.collect()
-    gc.freeze()
-    try:
+    with _collector_frozen():
         return _peak(trainer.hyper_step, device)["delta"]
-    finally:
-        gc.unfreeze()
 
 
 def _memory_pass(trainer: MetaTrainer, device: torch.device) -> dict[str, Any]:

@@ -41,9 +41,9 @@ def step_costs(backbone: str, repeats: int = 5) -> dict:
     """Per inner step, ms (median of `repeats`, interleaved)."""
     import torch
 
-    from estimators.functional import grads, leaf_copy, scratch_buffers, second_order_products, vjp_grads
+    from estimators.functional import (CommonDraws, detached, grads, leaf_copy, scratch_buffers,
+                                       second_order_products, vjp_grads)
     from estimators.mixed_mode import SWEEPS, _Step
-    from estimators.functional import CommonDraws, detached
     from harness.plan.suite import build_suite
     from harness.run.cell_process import probe_trainer
 
