@@ -281,11 +281,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from harness.core.units import format_size, parse_size
     from harness.plan.suite import find_suite, load_suite
     from harness.report.predicted import against, error_summary, predicted_frontier
-    from harness.run.predict import predict_cells
+    from harness.run.predict import predict_cells, time_model_class
     from harness.store.runfolder import default_out
 
     load_plugins()
     suite = load_suite(find_suite(args.suite), args.set or [])
+    time_model_class(args.time_model)  # an unknown name fails here, before any folder is made
     budgets = sorted({parse_size(b, f"--budget {b}") for b in args.budget or []}) or list(suite.spec.memory_frontier)
     measured = None
     if args.against:
@@ -313,7 +314,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"  {row['workload']}/{row['backbone']}/{row['estimator']}: {row['status']}", file=sys.stderr,
                   flush=True)
 
-    table = pd.DataFrame(predict_cells(suite.cells, args.device, done), columns=list(PREDICTED_COLUMNS))
+    table = pd.DataFrame(predict_cells(suite.cells, args.device, done, args.time_model),
+                         columns=list(PREDICTED_COLUMNS))
     table.to_csv(out / "predicted.csv", index=False)
     shown = table.assign(peak=table["predicted_peak_bytes"].map(_size_or_blank(format_size)),
                          iter_peak=table["predicted_iter_peak_bytes"].map(_size_or_blank(format_size)))
@@ -496,6 +498,11 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                      help="the device to predict for (cuda: the caching allocator's 512-byte blocks; "
                           "no GPU needed; time is predicted for the CPU only)")
+    pre.add_argument("--time-model", default="roofline", metavar="MODEL",
+                     help="how time is predicted on the CPU: roofline (nothing run but its calibration; "
+                          "default; 0.29-0.70 of MW-Net hyper-steps timed in the same process) or kernels "
+                          "(each distinct kernel call run for real on copies of its inputs and timed, summed; "
+                          "0.64-1.36)")
     pre.add_argument("--budget", action="append", metavar="SIZE",
                      help="a memory budget of the predicted frontier (e.g. 24GB; repeat; default: the "
                           "suite's memory_frontier)")

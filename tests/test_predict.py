@@ -14,7 +14,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from harness.measure.memory import rss_probe_unavailable
-from harness.measure.predict import FakeAllocations, Roofline, cuda_footprint
+from harness.measure.predict import FakeAllocations, MeasuredKernels, Roofline, call_key, cuda_footprint, real_copies
 
 needs_rss = pytest.mark.skipif(rss_probe_unavailable() is not None, reason=str(rss_probe_unavailable()))
 
@@ -59,6 +59,83 @@ def test_the_time_model_adds_compute_or_traffic_and_a_per_op_overhead():
     assert r.op_time(2e9, 10) == pytest.approx(2.0 + 1e-6)      # compute-bound
     assert r.op_time(0, 50) == pytest.approx(5e-9 + 1e-6)       # in cache
     assert r.op_time(0, 1000) == pytest.approx(1e-6 + 1e-6)     # from DRAM
+
+
+def test_time_models_calibrate_under_the_allocator_thresholds_cells_are_timed_with(monkeypatch):
+    """Under glibc's starting thresholds the calibration's 1 MiB adds and 8 MiB convolution
+    output were fresh mappings, faulted in page by page, some runs and not others (10 or
+    92 GB/s in calibrations a second apart); measured cells are timed under the speed
+    thresholds. The note then says what the roofline was calibrated to."""
+    from harness.measure import memory
+
+    calls = []
+    monkeypatch.setattr(memory, "_mallopt", lambda mmap, trim: calls.append((mmap, trim)) or True)
+    r = Roofline.calibrate(min_s=0.0)
+    assert calls == [(memory.SPEED_MMAP_THRESHOLD, memory.SPEED_TRIM_THRESHOLD)]
+    assert f"{r.flops_per_s / 1e9:.0f} GFLOP/s" in r.note and f"{r.overhead_s * 1e6:.1f} us per op" in r.note
+    MeasuredKernels.calibrate()
+    assert len(calls) == 2 and calls[1] == calls[0] and not memory.AllocatorMode.live_bytes
+
+
+def test_measured_kernels_time_each_distinct_call_once_and_sum_every_call():
+    """Three products of one shape and one of another are two measurements; the segment's
+    time is 3 x the first + the second (a repeated ResNet block is timed once)."""
+    model = MeasuredKernels(min_repeats=2, max_repeats=2)
+    alloc = FakeAllocations(time_model=model)
+    with FakeTensorMode(), alloc:
+        a, b, c = torch.empty(64, 32), torch.empty(32, 16), torch.empty(32, 8)
+        alloc.mark()
+        for _ in range(3):
+            a @ b
+        a @ c
+    mm = {k: v for k, v in model.measured.items() if k[0] == "aten.mm.default"}
+    assert len(mm) == 2 and all(v > 0 for v in mm.values())
+    (t_b,) = [v for k, v in mm.items() if k[2][1] == (32, 16)]
+    (t_c,) = [v for k, v in mm.items() if k[2][1] == (32, 8)]
+    assert alloc.time_s == pytest.approx(3 * t_b + t_c)
+
+
+def test_a_timed_call_runs_on_copies_and_leaves_the_random_stream_where_it_was():
+    """Timing an op for real must not write to the step's tensors nor draw from its stream."""
+    x = torch.ones(4, 3)
+    state = torch.get_rng_state()
+    model = MeasuredKernels(min_repeats=1, max_repeats=1)
+    model.call_time(torch.ops.aten.add_.Tensor, (x, x), {}, [x], [x], x)
+    model.call_time(torch.ops.aten.normal_.default, (x,), {}, [x], [x], x)
+    assert torch.equal(x, torch.ones(4, 3)) and torch.equal(torch.get_rng_state(), state)
+    assert len(model.measured) == 2
+
+
+def test_real_copies_keep_shape_strides_and_dtype_with_random_floats_and_zero_indices():
+    floats, ints = torch.zeros(3, 1).expand(3, 5), torch.full((4,), 7)
+    (f, i, scalar), kw = real_copies((floats, ints, 2.5), {"w": torch.zeros(2)}, random_floats=True)
+    assert (f.shape, f.stride(), f.dtype) == (floats.shape, floats.stride(), floats.dtype)
+    assert f.std() > 0 and f.data_ptr() != floats.data_ptr() and torch.equal(i, torch.zeros(4, dtype=ints.dtype))
+    assert scalar == 2.5 and kw["w"].shape == (2,) and torch.equal(ints, torch.full((4,), 7))
+    assert call_key(torch.ops.aten.mm.default, (f, f.t()), {}) == call_key(torch.ops.aten.mm.default, (floats, floats.t()), {})
+
+
+def test_a_cell_predicted_with_measured_kernels_has_a_time_and_says_which_model():
+    from harness.plan.suite import build_suite
+    from harness.run.predict import predict_cell, time_model_for
+
+    cell = build_suite({"workloads": [{"name": "mwn", "backbone": "resnet10",
+                                       "params": {"width": 4, "batch_size": 8, "image_size": 8}}],
+                        "estimators": ["unroll"], "train_steps": 0, "warmup_steps": 1}).cells[0]
+    model = time_model_for("cpu", "kernels")
+    row = predict_cell(cell, "cpu", model)
+    assert row["status"] == "ok" and row["predicted_time_s"] > 0 and "kernel call timed once" in row["predicted_note"]
+    assert any(k[0] == "aten.convolution_backward.default" for k in model.measured)
+    assert time_model_for("cuda", "kernels") is None  # a CPU's kernels say nothing of a GPU's
+
+
+def test_an_unknown_time_model_is_one_line_naming_the_choices(tmp_path, capsys):
+    from harness.cli import main
+
+    rc = main(["predict", "cost", "--time-model", "guess", "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "'guess'" in err[0] and "kernels, roofline" in err[0]
+    assert not (tmp_path / "p").exists()
 
 
 # Each cell measured as a cell's process measures it (live-bytes mode from the start, the
@@ -165,6 +242,7 @@ def test_predict_writes_one_row_per_cell_with_key_columns_and_a_failed_cell_says
                                        "predicted_peak_bytes", "predicted_iter_peak_bytes", "predicted_time_s"]
     ok, failed = table.iloc[0], table.iloc[1]
     assert ok["status"] == "ok" and ok["predicted_peak_bytes"] > 0 and ok["predicted_time_s"] > 0
+    assert "time: a roofline calibrated on this CPU" in ok["predicted_note"]  # the default model, named
     assert failed["status"] == "failed" and "fancy_op" in failed["error"]
     assert pd.isna(failed["predicted_peak_bytes"]) and pd.isna(failed["predicted_time_s"])
     page = (tmp_path / "p" / "predicted.html").read_text()

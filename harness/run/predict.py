@@ -14,7 +14,8 @@ from typing import Any, Iterable
 import torch
 
 from harness.core.schema import PASS_COLUMNS
-from harness.measure.predict import EXCLUDED, Roofline, predict_trainer
+from harness.core.errors import ConfigError
+from harness.measure.predict import EXCLUDED, TIME_MODELS, predict_trainer
 from harness.plan.cell import Cell
 from harness.run.cell_process import probe_trainer
 
@@ -24,19 +25,20 @@ PREDICTED_COLUMNS = (*KEY_COLUMNS, "predicted_peak_bytes", "predicted_iter_peak_
                      "n_params", "batch_size", *PASS_COLUMNS, "predicted_note")
 
 
-def predict_cell(cell: Cell, device_type: str, roofline: Roofline | None) -> dict[str, Any]:
+def predict_cell(cell: Cell, device_type: str, time_model) -> dict[str, Any]:
     """One cell's row. The problem is built on the CPU (real weights and data, the part a
     measured peak sits above); the step's tensors are fake. Time is predicted only where
-    `roofline` was calibrated (the CPU this runs on)."""
+    there is a `time_model` (one of TIME_MODELS, for the CPU this runs on)."""
     row: dict[str, Any] = {k: cell.identity()[k] for k in KEY_COLUMNS}
     row.update(predicted_device=device_type, predicted_note=EXCLUDED[device_type]
-               + ("" if roofline is not None else "; time not predicted (no calibration for this device here)"))
+               + (f"; time: {time_model.note}" if time_model is not None
+                  else "; time not predicted (no calibration for this device here)"))
     try:
         trainer = probe_trainer(cell, torch.device("cpu"), warmup_steps=0)
         if trainer.estimator.fake_step_refusal:
             raise NotImplementedError(trainer.estimator.fake_step_refusal)
         row.update(trainer.problem.describe(), batch_size=trainer.batch_samples())
-        row.update(predict_trainer(trainer, cell.warmup_steps, device_type, roofline))
+        row.update(predict_trainer(trainer, cell.warmup_steps, device_type, time_model))
         row.update(status="ok", error="")
     except Exception as exc:  # one cell's failure is its row, never the end of the table
         last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
@@ -48,10 +50,24 @@ def predict_cell(cell: Cell, device_type: str, roofline: Roofline | None) -> dic
     return {c: row.get(c) for c in PREDICTED_COLUMNS}
 
 
-def predict_cells(cells: Iterable[Cell], device_type: str, on_row=lambda row: None) -> list[dict[str, Any]]:
-    roofline = Roofline.calibrate() if device_type == "cpu" else None
+def time_model_class(name: str):
+    if name not in TIME_MODELS:
+        raise ConfigError(f"unknown time model {name!r}: choose one of {', '.join(TIME_MODELS)} (--time-model)")
+    return TIME_MODELS[name]
+
+
+def time_model_for(device_type: str, name: str):
+    """The named time model, calibrated on this CPU; none for another device (a CPU's kernels
+    say nothing of a GPU's)."""
+    model = time_model_class(name)
+    return model.calibrate() if device_type == "cpu" else None
+
+
+def predict_cells(cells: Iterable[Cell], device_type: str, on_row=lambda row: None,
+                  time_model: str = "roofline") -> list[dict[str, Any]]:
+    model = time_model_for(device_type, time_model)  # one for the suite: its cache is shared
     rows = []
     for cell in cells:
-        rows.append(predict_cell(cell, device_type, roofline))
+        rows.append(predict_cell(cell, device_type, model))
         on_row(rows[-1])
     return rows
