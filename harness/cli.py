@@ -278,6 +278,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from harness.core.plugins import load_plugins
+    from harness.core.schema import peak_includes_resident
     from harness.core.units import format_size, parse_size
     from harness.plan.suite import find_suite, load_suite
     from harness.report.predicted import against, error_summary, predicted_frontier
@@ -317,15 +318,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     table = pd.DataFrame(predict_cells(suite.cells, args.device, done, args.time_model),
                          columns=list(PREDICTED_COLUMNS))
     table.to_csv(out / "predicted.csv", index=False)
-    shown = table.assign(peak=table["predicted_peak_bytes"].map(_size_or_blank(format_size)),
-                         iter_peak=table["predicted_iter_peak_bytes"].map(_size_or_blank(format_size)))
-    columns = ["workload", "backbone", "estimator", "peak", "iter_peak", "predicted_time_s", "status"]
+    shown = table.assign(**{name: table[column].map(_size_or_blank(format_size)) for name, column in (
+        ("resident", "predicted_resident_bytes"), ("peak", "predicted_peak_bytes"),
+        ("iter_peak", "predicted_iter_peak_bytes"))})
+    columns = ["workload", "backbone", "estimator", "resident", "peak", "iter_peak", "predicted_time_s", "status"]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(shown[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""))
     if budgets:
         front = predicted_frontier(table[table["status"] == "ok"], budgets)
         front.to_csv(out / "predicted_frontier.csv", index=False)
-        print("\nmemory frontier (predicted hyper-step peaks):")
+        print("\nmemory frontier (predicted hyper-step peaks" + (", what the device holds before the step "
+              "included" if peak_includes_resident(args.device) else "") + "):")
         print(front.assign(budget=front["budget_bytes"].map(format_size))[
             ["workload", "variant", "budget", "backbone", "batch_size", "peak_mb"]].to_string(
                 index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))

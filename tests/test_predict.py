@@ -2,11 +2,13 @@
 live-byte peak a cell's own process measures, for every estimator and every workload."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import pandas as pd
 import pytest
@@ -15,6 +17,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from harness.measure.memory import rss_probe_unavailable
 from harness.measure.predict import FakeAllocations, MeasuredKernels, Roofline, call_key, cuda_footprint, real_copies
+from harness.run.cell_process import probe_trainer
 
 needs_rss = pytest.mark.skipif(rss_probe_unavailable() is not None, reason=str(rss_probe_unavailable()))
 
@@ -267,6 +270,61 @@ def test_a_backend_the_fake_count_misses_is_refused_not_predicted(backend):
     assert row["predicted_peak_bytes"] is None
 
 
+def reachable_storages(root, host_side=()) -> dict[int, object]:
+    """Every tensor storage reachable from `root` through objects, containers and closures
+    (never a module's globals), except through the objects in `host_side`."""
+    seen, found, stack = {id(h) for h in host_side}, {}, [root]
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or isinstance(o, (types.ModuleType, type, types.BuiltinFunctionType)):
+            continue
+        seen.add(id(o))
+        if isinstance(o, types.FunctionType):
+            stack.extend(c.cell_contents for c in o.__closure__ or () if c.cell_contents is not None)
+            continue
+        if isinstance(o, torch.Tensor):
+            found[id(o.untyped_storage())] = o.untyped_storage()
+            stack.append(o.grad)
+        stack.extend(gc.get_referents(o))
+    return found
+
+
+SMALL_MWN = {"name": "mwn", "backbone": "resnet10", "params": {"width": 4, "batch_size": 8, "image_size": 8}}
+SMALL_LFT = {"name": "lft", "backbone": "resnet10", "params": {"width": 4, "n_shot": 1, "n_query": 2,
+                                                              "test_episodes": 1, "val_episodes": 1}}
+
+
+@pytest.mark.parametrize("workload, estimator", [(SMALL_MWN, "unroll"), (SMALL_MWN, "hyperdistill"),
+                                                 (SMALL_MWN, "sama"), (SMALL_LFT, "unroll")])
+def test_what_the_device_holds_before_the_step_is_what_the_trainer_keeps_there(workload, estimator):
+    """`predicted_resident_bytes` (the build's placements and what the fake warm-up left)
+    against a walk of everything a real trainer, built and warmed up for real, reaches
+    (weights, .grad, optimiser and estimator state, data, the last batch), each storage at
+    the caching allocator's footprint, less what stays on the host by construction: the
+    streams' shuffle orders (drawn by a CPU generator) and LFT's image domains (read a batch
+    at a time). Without the resident bytes, a CUDA prediction left out the weights and the
+    data that `max_memory_allocated` counts."""
+    from harness.plan.suite import build_suite
+    from harness.run.predict import predict_cell
+
+    cell = build_suite({"workloads": [workload], "estimators": [estimator], "train_steps": 0,
+                        "warmup_steps": 1}).cells[0]
+    real = probe_trainer(cell, torch.device("cpu"))
+    problem = real.problem
+    host = [getattr(problem, "domains", None), *getattr(problem, "domains", {}).values()]
+    for stream in (problem.train_stream, problem.val_stream, getattr(problem, "aux_stream", None)):
+        host.append(getattr(stream, "_order", None))
+    gc.collect()
+    expected = sum(cuda_footprint(s.nbytes()) for s in reachable_storages(real, [h for h in host if h is not None])
+                   .values() if s.nbytes())
+    weights = sum(cuda_footprint(t.untyped_storage().nbytes()) for t in problem.model.parameters())
+    del real, problem, host
+    row = predict_cell(cell, "cuda", None)
+    assert row["status"] == "ok", row["error"]
+    assert row["predicted_resident_bytes"] == expected
+    assert expected > 2 * weights  # the weights, their gradients, momentum, data: all counted
+
+
 def test_predictions_are_judged_against_the_same_cells_measured_rows():
     from harness.report.predicted import against, error_summary
 
@@ -294,6 +352,66 @@ def test_predictions_are_judged_against_the_same_cells_measured_rows():
     assert (r["peak_error"], r["iter_peak_error"], r["time_ratio"]) == pytest.approx((0.10, -0.10, 0.5))
     s = error_summary(joined).iloc[0]
     assert (s["peak_error_worst"], s["iter_peak_error_median"], s["time_ratio_worst"]) == pytest.approx((0.1, 0.1, 0.5))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("workload", [SMALL_MWN, SMALL_LFT])
+def test_a_cuda_prediction_against_the_caching_allocator(workload):
+    """On a GPU: the predicted resident bytes against `memory_allocated` when the measured
+    hyper-step begins, and resident plus the predicted rise against `max_memory_allocated`
+    over it. cuDNN's kernels differ from the CPU's whose outputs the fake step counts
+    (saved statistics, workspaces through the allocator), hence 10% on the peak."""
+    from harness.measure.passes import _peak
+    from harness.plan.suite import build_suite
+    from harness.run.predict import predict_cell
+
+    cell = build_suite({"workloads": [workload], "estimators": ["unroll"], "train_steps": 0,
+                        "warmup_steps": 1, "device": "cuda"}).cells[0]
+    device = torch.device("cuda")
+    trainer = probe_trainer(cell, device)
+    gc.collect()
+    resident = torch.cuda.memory_allocated(device)
+    measured = _peak(trainer.hyper_step, device)["peak_alloc_bytes"]
+    del trainer
+    row = predict_cell(cell, "cuda", None)
+    assert row["status"] == "ok", row["error"]
+    assert abs(row["predicted_resident_bytes"] - resident) <= 0.01 * resident, (row["predicted_resident_bytes"], resident)
+    predicted = row["predicted_resident_bytes"] + row["predicted_peak_bytes"]
+    assert abs(predicted - measured) <= 0.10 * measured, (predicted, measured)
+
+
+def test_on_cuda_what_the_device_holds_before_the_step_counts_against_a_budget_and_in_the_errors():
+    """CUDA's measured peak is `max_memory_allocated`, everything allocated (the resident
+    weights and data included); the CPU's is the rise during the step. A prediction is
+    compared and fitted to a budget the same way, and a CUDA prediction without its resident
+    figure is no figure, never the rise alone."""
+    from harness.report.predicted import against, predicted_frontier
+
+    key = {"workload": "mwn", "backbone": "resnet10", "params": '{"estimator": {}, "workload": {}}', "seed": 0,
+           "status": "ok", "n_params": 10, "batch_size": 8}
+    gb = 10 ** 9
+    predicted = pd.DataFrame([
+        {**key, "estimator": "unroll", "predicted_device": "cuda", "predicted_peak_bytes": 0.9 * gb,
+         "predicted_resident_bytes": 0.2 * gb, "predicted_iter_peak_bytes": 0.5 * gb, "predicted_time_s": None},
+        {**key, "estimator": "evograd", "predicted_device": "cuda", "predicted_peak_bytes": 0.5 * gb,
+         "predicted_resident_bytes": None, "predicted_iter_peak_bytes": 0.5 * gb, "predicted_time_s": None},
+        {**key, "estimator": "sama", "predicted_device": "cpu", "predicted_peak_bytes": 0.9 * gb,
+         "predicted_resident_bytes": 0.2 * gb, "predicted_iter_peak_bytes": 0.5 * gb, "predicted_time_s": None}])
+    front = predicted_frontier(predicted, [gb]).set_index("variant")
+    assert pd.isna(front.loc["unroll", "backbone"])        # 1.1 GB on the device: does not fit 1 GB
+    assert "evograd" not in front.index                     # unknown: never taken to fit
+    assert front.loc["sama", "backbone"] == "resnet10"     # the CPU's figure is the rise: 0.9 GB fits
+    measured = pd.DataFrame([{**key, "estimator": e, "device_type": d, "peak_alloc_bytes": alloc,
+                              "peak_rss_delta_bytes": rss, "iter_peak_bytes": 0.5 * gb, "hyper_time_s": 1.0}
+                             for e, d, alloc, rss in (("unroll", "cuda", 1.21 * gb, None),
+                                                      ("evograd", "cuda", 0.6 * gb, None),
+                                                      ("sama", "cpu", None, 0.9 * gb))])
+    joined = against(predicted, measured).set_index("variant")
+    assert joined.loc["unroll", "predicted_peak_bytes"] == pytest.approx(1.1 * gb)
+    assert joined.loc["unroll", "peak_error"] == pytest.approx(1.1 / 1.21 - 1)
+    assert pd.isna(joined.loc["evograd", "peak_error"])
+    assert joined.loc["sama", "peak_error"] == pytest.approx(0.0)
 
 
 def test_the_paper_sizes_suite_asks_every_estimator_at_the_papers_sizes_on_four_gpus():

@@ -182,5 +182,12 @@ def peak_column(device_type: Any) -> str:
     return "peak_alloc_bytes" if str(device_type) == "cuda" else "peak_rss_delta_bytes"
 
 
+def peak_includes_resident(device_type: Any) -> bool:
+    """Whether `peak_column`'s figure counts what the device held before the step (CUDA's
+    `max_memory_allocated` does: weights, optimiser state, data kept on the device) or only
+    the rise during it (the CPU's resident-set probe)."""
+    return peak_column(device_type) == "peak_alloc_bytes"
+
+
 def hyper_peak_bytes(row: Mapping[str, Any]) -> Any:
     return row.get(peak_column(row.get("device_type")))

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
@@ -58,7 +59,10 @@ FOOTPRINTS: dict[str, Callable[[int], int]] = {"cuda": cuda_footprint, "cpu": cp
 # What a prediction leaves out, by device (the `predicted_note` column).
 EXCLUDED = {
     "cuda": ("CUDA allocator model: each storage rounded up to 512-byte blocks (allocated "
-             "bytes; reserved segments, cuDNN/cuBLAS workspaces and the CUDA context excluded); "
+             "bytes, as max_memory_allocated counts them, with what the build places on the device "
+             "and the warm-up leaves there as resident: weights, buffers, hyperparameters, optimiser "
+             "state, the data a workload keeps on the device); reserved segments (the allocator's "
+             "cache and fragmentation), cuDNN/cuBLAS workspaces and the CUDA context excluded; "
              "op choices are the CPU kernels' (fused attention and cuDNN batch-norm buffers "
              "differ on a GPU)"),
     "cpu": ("live-bytes model: storages of 64 KiB or more as whole 4 KiB pages, smaller ones as heap bytes; "
@@ -273,7 +277,9 @@ class FakeAllocations(TorchDispatchMode):
             self.current -= entry[1]
 
     def _track(self, t: torch.Tensor) -> None:
-        storage = t.untyped_storage()
+        self.track_storage(t.untyped_storage())
+
+    def track_storage(self, storage) -> None:
         key = id(storage)
         if key in self._live:
             return
@@ -306,6 +312,59 @@ class FakeAllocations(TorchDispatchMode):
             self.peak = max(self.peak, self.current + self.scratch(func, args, kwargs))
         if self.time_model is not None and func.namespace == "aten" and func._overloadpacket.__name__ not in _NO_KERNEL:
             self.time_s += self.time_model.call_time(func, args, kwargs, ins, outs, out)
+        return out
+
+
+# The device a problem is built on when `hgbench predict` runs it: a CPU, but one whose
+# `torch.device` object no code names by accident, so that `DevicePlacements` can tell the
+# build's own placements (`.to(device)`, `device=device`) from host-side work.
+PLACEMENT_DEVICE = torch.device("cpu", 0)
+
+# Calls whose result is on the host whatever their input: a tensor copied off the device.
+_HOST_MOVES = {torch.Tensor.cpu, torch.Tensor.numpy}
+
+
+class DevicePlacements(TorchFunctionMode):
+    """The storages a workload's build places on its device, held while they live: what the
+    device holds before a step begins (the weights, buffers, hyperparameters and the data a
+    workload keeps there). `hgbench predict` builds the problem for real on the CPU, so no
+    tensor says which device it would be on; the build is given `PLACEMENT_DEVICE` and a
+    tensor counts as placed when its call names that device or takes a placed tensor
+    (propagated: `x.to(device).float()` is placed), except the copies `_HOST_MOVES` make.
+    A workload's host-side data (LFT's image domains, read a batch at a time) never passes
+    through such a call and is not counted, as it takes no device memory on a GPU. A tensor
+    made from another's `.device` with no tensor argument (`torch.zeros(n, device=x.device)`)
+    reads as the plain CPU and is taken as host-side: no built-in workload does this."""
+
+    def __init__(self, device: torch.device = PLACEMENT_DEVICE):
+        super().__init__()
+        self.device = device
+        self._placed: dict[int, weakref.ref] = {}
+
+    def holds(self, t: torch.Tensor) -> bool:
+        return id(t.untyped_storage()) in self._placed
+
+    def storages(self) -> list:
+        """The placed storages still alive."""
+        return [s for s in (ref() for ref in self._placed.values()) if s is not None]
+
+    def _place(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        key = id(storage)
+        if key not in self._placed:
+            self._placed[key] = weakref.ref(storage, lambda _r, key=key: self._placed.pop(key, None))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in _HOST_MOVES:
+            return out
+        flat = tree_flatten((args, kwargs))[0]
+        if any(isinstance(a, torch.device) and a == self.device for a in flat) or any(
+                isinstance(a, torch.Tensor) and not a.is_meta and self.holds(a) for a in flat):
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and not t.is_meta:
+                    self._place(t)
         return out
 
 
@@ -382,18 +441,23 @@ class _RealDraws:
         return batch
 
 
-def predict_trainer(trainer, warmup_steps: int, device_type: str = "cpu", time_model=None) -> dict[str, Any]:
+def predict_trainer(trainer, warmup_steps: int, device_type: str = "cpu", time_model=None,
+                    placed: DevicePlacements | None = None) -> dict[str, Any]:
     """Predicted peaks (hyper-step; hyper-step then real step) and times of a throw-away
     trainer stepped under fake tensors: `warmup_steps` meta-iterations first (at least one,
     so that gradients and optimiser state exist, as they do when a cell is measured), then
     one hyper-step (its segment) and the real step after it (the meta-iteration's segment
-    goes on through it).
+    goes on through it). With `placed` (the build's placements), also what the device holds
+    when the hyper-step begins (`predicted_resident_bytes`): the placed storages still
+    alive and every tensor the warm-up left (gradients, optimiser state, drawn batches).
     The trainer is left holding fake tensors: never use it again."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from harness.train.metaloop import PeekableStream
 
     alloc = FakeAllocations(FOOTPRINTS[device_type], time_model, KernelScratch() if device_type == "cpu" else None)
+    for storage in placed.storages() if placed is not None else ():
+        alloc.track_storage(storage)
     trainer.train_stream = PeekableStream(_RealDraws(trainer.train_stream, alloc))
     trainer.val_stream = PeekableStream(_RealDraws(trainer.val_stream, alloc))
     # A problem's other streams (LFT's auxiliary seen-domain batches) are drawn in its losses.
@@ -404,6 +468,7 @@ def predict_trainer(trainer, warmup_steps: int, device_type: str = "cpu", time_m
         for _ in range(max(1, warmup_steps)):
             trainer.iteration(hyper=True)
         alloc.mark()
+        resident = alloc.current
         counter = PassCounter(trainer.problem)
         with counter.counting():  # (autograd builds fake graphs as it builds real ones)
             trainer.hyper_step()
@@ -419,6 +484,7 @@ def predict_trainer(trainer, warmup_steps: int, device_type: str = "cpu", time_m
             trainer.inner_step()
         iter_peak, iter_time = alloc.segment_peak, alloc.time_s
     return {"predicted_peak_bytes": hyper_peak, "predicted_iter_peak_bytes": iter_peak,
+            "predicted_resident_bytes": resident if placed is not None else None,
             "predicted_time_s": hyper_time if time_model is not None else None,
             "predicted_iter_time_s": iter_time if time_model is not None else None,
             "scalar_reads": alloc.scalar_reads, **passes}

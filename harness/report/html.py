@@ -421,13 +421,18 @@ def predicted_section(predicted: pd.DataFrame, measured: pd.DataFrame | None, bu
     for _, r in predicted.iterrows():
         failed = r["status"] != "ok"
         mb = (lambda c: "" if failed or pd.isna(r[c]) else _num(r[c] / 2 ** 20))
-        rows.append([_e(r["workload"]), _e(r["backbone"]), _e(r["estimator"]), mb("predicted_peak_bytes"),
-                     mb("predicted_iter_peak_bytes"), "" if failed or pd.isna(r["predicted_time_s"]) else
-                     _num(r["predicted_time_s"]), _e(r["status"]) + (f": {_e(r['error'])}" if failed else "")])
+        rows.append([_e(r["workload"]), _e(r["backbone"]), _e(r["estimator"]),
+                     mb("predicted_resident_bytes") if "predicted_resident_bytes" in r else "",
+                     mb("predicted_peak_bytes"), mb("predicted_iter_peak_bytes"),
+                     "" if failed or pd.isna(r["predicted_time_s"]) else _num(r["predicted_time_s"]),
+                     _e(r["status"]) + (f": {_e(r['error'])}" if failed else "")])
         classes.append("failed" if failed else "ok")
-    parts.append("<details><summary>every prediction</summary>" + _table(
-        ["workload", "backbone", "estimator", "hyper-step peak MB", "meta-iteration peak MB", "time s", "status"],
-        rows, classes) + "</details>")
+    parts.append("<details><summary>every prediction</summary><p class='note'>Resident: what the device "
+                 "holds when the hyper-step begins (weights, buffers, hyperparameters, optimiser state, the "
+                 "data a workload keeps on the device); the peaks are rises above what was allocated before "
+                 "the step. On CUDA the frontier and the errors count both.</p>" + _table(
+        ["workload", "backbone", "estimator", "resident MB", "hyper-step peak MB", "meta-iteration peak MB",
+         "time s", "status"], rows, classes) + "</details>")
     if budgets and len(ok):
         parts.append(_frontier_section(predicted_frontier(ok, budgets), "Memory frontier from predictions",
                                        "predicted"))

@@ -3,7 +3,10 @@ of the same cells, its distribution per estimator, and the memory frontier from 
 
 A prediction is judged against the same cell's measured row (same workload, backbone,
 estimator, parameters and seed) and the same device type; memory errors are relative
-(predicted / measured - 1), time errors a ratio (predicted / measured).
+(predicted / measured - 1), time errors a ratio (predicted / measured). A hyper-step's peak
+is compared as the device's probe reads it (`schema.peak_column`): on the CPU the rise
+during the step, on CUDA the caching allocator's whole peak, what the device held when the
+step began included (`device_peak_bytes`).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from typing import Iterable
 import pandas as pd
 
 from harness.core.errors import ConfigError
+from harness.core.schema import peak_includes_resident
 from harness.report.frontier import frontier
 from harness.report.tables import _depth, peak_bytes, variant_labels, workload_labels
 
@@ -30,11 +34,24 @@ def _numeric(df: pd.DataFrame, cols: Iterable[str]) -> pd.DataFrame:
     return out
 
 
+def device_peak_bytes(predicted: pd.DataFrame) -> pd.Series:
+    """Each prediction of a hyper-step's peak as its device's probe measures it: the rise
+    during the step (`predicted_peak_bytes`) where the measured peak is a rise (the CPU's
+    resident set); with what the device held when the step began
+    (`predicted_resident_bytes`) where the measured peak counts everything allocated
+    (`torch.cuda.max_memory_allocated`). Empty where that is needed and missing (a
+    predicted.csv written before the column existed), never the rise alone."""
+    rows = _numeric(predicted, ["predicted_peak_bytes", "predicted_resident_bytes"])
+    whole = rows["predicted_device"].map(peak_includes_resident).astype(bool)
+    return rows["predicted_peak_bytes"] + rows["predicted_resident_bytes"].where(whole, 0)
+
+
 def against(predicted: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
     """One row per cell both predicted (status ok) and measured (status ok) on the device
-    type it was predicted for."""
-    pred = _numeric(predicted[predicted["status"] == "ok"], ["predicted_peak_bytes", "predicted_iter_peak_bytes",
-                                                           "predicted_time_s", "seed"])
+    type it was predicted for. `predicted_peak_bytes` and `measured_peak_bytes` are the
+    hyper-step's peak as the device's probe reads it (`device_peak_bytes`)."""
+    pred = _numeric(predicted[predicted["status"] == "ok"], ["predicted_iter_peak_bytes", "predicted_time_s", "seed"])
+    pred["predicted_peak_bytes"] = device_peak_bytes(pred)
     meas = measured[measured["status"] == "ok"].reset_index(drop=True)
     meas["measured_peak_bytes"] = peak_bytes(meas)
     meas = _numeric(meas, ["iter_peak_bytes", "hyper_time_s", "seed"]).rename(
@@ -69,13 +86,14 @@ def error_summary(joined: pd.DataFrame) -> pd.DataFrame:
 
 
 def predicted_frontier(predicted: pd.DataFrame, budgets: Iterable[int]) -> pd.DataFrame:
-    """The memory frontier (report.frontier) from predicted hyper-step peaks, each row
-    marked `predicted`."""
-    rows = _numeric(predicted, ["predicted_peak_bytes", "n_params", "batch_size"])
+    """The memory frontier (report.frontier) from predicted hyper-step peaks as the
+    device's probe would read them (`device_peak_bytes`: on CUDA what the device holds
+    before the step counts against the budget), each row marked `predicted`."""
+    rows = _numeric(predicted, ["n_params", "batch_size"])
     rows["variant"] = variant_labels(rows)
     rows["workload_label"] = workload_labels(rows)
     rows["depth"] = rows["backbone"].map(_depth)
-    rows["peak_mb"] = rows["predicted_peak_bytes"] / 2 ** 20
+    rows["peak_mb"] = device_peak_bytes(rows) / 2 ** 20
     out = frontier(rows, budgets)
     out["source"] = "predicted"
     return out
