@@ -373,8 +373,8 @@ class KernelScratch:
     oneDNN's convolutions with few input channels (a LeNet's, a ResNet's stem) lower to
     im2col and a GEMM, whose column buffer is as large as the batch's patches (5.6-5.9 MiB
     above the outputs for the rotation's LeNet at batch 64). Measured, not modelled: each
-    distinct call (op, shapes, strides, dtypes, arguments) runs once for real on zeros, its
-    resident high-water mark above what it leaves behind read as on the live-bytes probe
+    distinct call (op, shapes, strides, dtypes, arguments) runs for real on zeros, once to
+    set up, then once more with its resident high-water mark read as on the live-bytes probe
     (`PeakRSS`'s clear_refs/VmHWM; free heap is left in place, as a step finds it, so that
     small scratch reusing it is not counted)."""
     OPS = frozenset({torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default})
@@ -400,13 +400,19 @@ class KernelScratch:
         call's frees may trim heap that was resident before it (in `hgbench predict`'s own
         process, not in live-bytes mode, one such trim read as 30 MB of scratch for SAMA's
         ResNet10 cell). Large allocations are made their own mappings for the call, so a
-        scratch buffer shows in the high-water mark whatever the heap holds free."""
+        scratch buffer shows in the high-water mark whatever the heap holds free. The call
+        runs once before it is read: a kernel's first call in a process sets up what it
+        keeps (oneDNN's primitives and thread pools), which read as 4.2-7.0 MB of scratch in
+        the first cell a process predicted (a width-4 MW-Net unroll step: 7.5 MB against
+        0.48 MB for the same cell predicted next); a measured cell's step comes after its
+        warm-up, when that is done."""
         from harness.measure.memory import _CLEAR_REFS, AllocatorMode, _status_kib
 
         switched = not AllocatorMode.live_bytes and AllocatorMode.for_live_bytes()
         try:
             with _disable_current_modes():
                 real_args, real_kwargs = real_copies(args, kwargs)
+                func(*real_args, **real_kwargs)
                 before = _status_kib("VmRSS")
                 _CLEAR_REFS.write_text("5")
                 out = func(*real_args, **real_kwargs)
