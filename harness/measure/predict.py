@@ -334,7 +334,10 @@ class DevicePlacements(TorchFunctionMode):
     A workload's host-side data (LFT's image domains, read a batch at a time) never passes
     through such a call and is not counted, as it takes no device memory on a GPU. A tensor
     made from another's `.device` with no tensor argument (`torch.zeros(n, device=x.device)`)
-    reads as the plain CPU and is taken as host-side: no built-in workload does this."""
+    reads as the plain CPU and is taken as host-side: no built-in workload's build does
+    this. As on a GPU, `.to(PLACEMENT_DEVICE)` copies a host tensor (the device differs),
+    so a split placed twice is held twice (MetaXL's synthetic meta split is its training
+    split: two copies on a GPU, one on the CPU)."""
 
     def __init__(self, device: torch.device = PLACEMENT_DEVICE):
         super().__init__()
