@@ -104,7 +104,9 @@ def test_the_reference_describes_every_column_and_setting():
     columns = (REPO / "docs" / "reference" / "columns.md").read_text()
     named = set(re.findall(r"`([A-Za-z0-9_*]+)`", columns))
     patterns = [re.compile(n.replace("*", "[A-Za-z0-9_]*") + "$") for n in named if "*" in n]
-    for col in [*COLUMNS, *SUMMARY_COLUMNS]:
+    from harness.run.predict import PREDICTED_COLUMNS
+
+    for col in [*COLUMNS, *SUMMARY_COLUMNS, *PREDICTED_COLUMNS]:
         assert col in named or any(p.match(col) for p in patterns), f"column {col} is not in columns.md"
     suites = (REPO / "docs" / "reference" / "suites.md").read_text()
     for name in [*SETTINGS, *FIDELITY_SETTINGS]:
