@@ -292,6 +292,25 @@ def test_a_backend_the_fake_count_misses_is_refused_not_predicted(backend):
     assert row["predicted_peak_bytes"] is None
 
 
+def test_a_placement_is_a_call_naming_the_device_or_taking_a_placed_tensor_and_a_cpu_copy_is_not():
+    from harness.measure.predict import PLACEMENT_DEVICE, DevicePlacements
+
+    host = torch.zeros(10)                                    # made before the build: host-side
+    with DevicePlacements() as placed:
+        a = host.to(PLACEMENT_DEVICE)                         # placed (a copy, as on a GPU)
+        b = (a.float() * 2)[:5]                               # derived from a placed tensor
+        c = torch.ones(3, device=PLACEMENT_DEVICE)            # made on the device
+        back = a.cpu()                                        # copied off the device
+        after = back * 2                                      # host work on the copy
+        loose = torch.zeros(10) + host                        # host work during the build
+    assert a.data_ptr() != host.data_ptr() and back.data_ptr() != a.data_ptr() and torch.equal(back, a)
+    assert all(placed.holds(t) for t in (a, b, c))
+    assert not any(placed.holds(t) for t in (host, back, after, loose))
+    assert len(placed.storages()) == 3
+    del a
+    assert len(placed.storages()) == 2                        # a storage leaves when it dies
+
+
 def reachable_storages(root, host_side=()) -> dict[int, object]:
     """Every tensor storage reachable from `root` through objects, containers and closures
     (never a module's globals), except through the objects in `host_side`."""

@@ -320,8 +320,9 @@ class FakeAllocations(TorchDispatchMode):
 # build's own placements (`.to(device)`, `device=device`) from host-side work.
 PLACEMENT_DEVICE = torch.device("cpu", 0)
 
-# Calls whose result is on the host whatever their input: a tensor copied off the device.
-_HOST_MOVES = {torch.Tensor.cpu, torch.Tensor.numpy}
+# Calls that copy a tensor off the device. On the CPU stand-in they would return the
+# placed storage itself; `DevicePlacements` gives them a copy, as a GPU does.
+_HOST_MOVES = {torch.Tensor.cpu}
 
 
 class DevicePlacements(TorchFunctionMode):
@@ -330,7 +331,8 @@ class DevicePlacements(TorchFunctionMode):
     workload keeps there). `hgbench predict` builds the problem for real on the CPU, so no
     tensor says which device it would be on; the build is given `PLACEMENT_DEVICE` and a
     tensor counts as placed when its call names that device or takes a placed tensor
-    (propagated: `x.to(device).float()` is placed), except the copies `_HOST_MOVES` make.
+    (propagated: `x.to(device).float()` is placed), except what `_HOST_MOVES` return: a
+    host copy, which work after it does not place.
     A workload's host-side data (LFT's image domains, read a batch at a time) never passes
     through such a call and is not counted, as it takes no device memory on a GPU. A tensor
     made from another's `.device` with no tensor argument (`torch.zeros(n, device=x.device)`)
@@ -361,7 +363,7 @@ class DevicePlacements(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if func in _HOST_MOVES:
-            return out
+            return out.clone() if self.holds(out) else out
         flat = tree_flatten((args, kwargs))[0]
         if any(isinstance(a, torch.device) and a == self.device for a in flat) or any(
                 isinstance(a, torch.Tensor) and not a.is_meta and self.holds(a) for a in flat):
